@@ -1,0 +1,295 @@
+//! Operator authentication: bearer tokens that decide the operator id.
+//!
+//! Tokens are kept only as SHA-256 digests and a presented token is compared
+//! against every configured digest in constant time, so neither the position
+//! of a match nor a common prefix shows in the response time.
+
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use actix_web::dev::Payload;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{FromRequest, HttpMessage as _, HttpRequest};
+use sha2::{Digest as _, Sha256};
+use sofiia_core_domain::OperatorId;
+use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// Why `SOFIIA_OPERATOR_TOKENS` was rejected. Never holds a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    /// An entry is not `operator:token`.
+    #[error("entry {0} is not `operator:token`")]
+    NotAPair(usize),
+    /// An entry's operator id is invalid.
+    #[error("entry {index}: {source}")]
+    Operator {
+        /// 1-based entry number.
+        index: usize,
+        /// Why the id is invalid.
+        source: sofiia_core_domain::ValidationError,
+    },
+    /// An entry's token is empty or holds characters outside visible ASCII.
+    #[error("entry {0}: the token must be non-empty visible ASCII")]
+    Token(usize),
+    /// Two entries share a token.
+    #[error("entry {0} repeats the token of an earlier entry")]
+    DuplicateToken(usize),
+    /// No entries at all.
+    #[error("must list at least one `operator:token` pair")]
+    Empty,
+}
+
+/// The configured operators and the digests of their tokens.
+#[derive(Clone)]
+pub struct OperatorTokens {
+    entries: Vec<(OperatorId, [u8; 32])>,
+}
+
+impl fmt::Debug for OperatorTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperatorTokens")
+            .field(
+                "operators",
+                &self
+                    .entries
+                    .iter()
+                    .map(|(o, _)| o.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+impl OperatorTokens {
+    /// Parses `alice:TOKEN,bob:TOKEN`. One operator may hold several tokens
+    /// (for rotation); a token may belong to one operator only.
+    ///
+    /// # Errors
+    ///
+    /// [`TokensError`] naming the entry that is wrong.
+    pub fn parse(s: &str) -> Result<Self, TokensError> {
+        let mut entries: Vec<(OperatorId, [u8; 32])> = Vec::new();
+        for (i, entry) in s.split(',').enumerate() {
+            let index = i + 1;
+            let (operator, token) = entry.split_once(':').ok_or(TokensError::NotAPair(index))?;
+            let operator = OperatorId::new(operator.trim())
+                .map_err(|source| TokensError::Operator { index, source })?;
+            let token = token.trim();
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(TokensError::Token(index));
+            }
+            let d = digest(token.as_bytes());
+            if entries.iter().any(|(_, e)| *e == d) {
+                return Err(TokensError::DuplicateToken(index));
+            }
+            entries.push((operator, d));
+        }
+        if entries.is_empty() {
+            return Err(TokensError::Empty);
+        }
+        Ok(Self { entries })
+    }
+
+    /// One operator with one token.
+    pub fn single(operator: OperatorId, token: &str) -> Self {
+        Self {
+            entries: vec![(operator, digest(token.as_bytes()))],
+        }
+    }
+
+    /// The operator whose token this is, if any.
+    pub fn authenticate(&self, presented: &str) -> Option<OperatorId> {
+        let presented = digest(presented.as_bytes());
+        // Visit every entry whatever matches, selecting the match's index
+        // without a data-dependent branch.
+        let mut found = subtle::Choice::from(0u8);
+        let mut index = 0u32;
+        for (i, (_, expected)) in self.entries.iter().enumerate() {
+            let hit = expected.ct_eq(&presented);
+            index = u32::conditional_select(&index, &u32::try_from(i).unwrap_or(u32::MAX), hit);
+            found |= hit;
+        }
+        if bool::from(found) {
+            usize::try_from(index)
+                .ok()
+                .and_then(|i| self.entries.get(i))
+                .map(|(o, _)| o.clone())
+        } else {
+            None
+        }
+    }
+
+    /// The configured operator ids.
+    pub fn operators(&self) -> impl Iterator<Item = &OperatorId> {
+        self.entries.iter().map(|(o, _)| o)
+    }
+}
+
+/// Where the generated development token lives inside the data dir.
+pub const DEV_TOKEN_FILE: &str = "dev-operator-token";
+
+/// The operator id of the generated development token.
+pub const DEV_OPERATOR: &str = "dev";
+
+/// Loads the development token from `data_dir`, generating it on first use
+/// (readable by the owner only). Returns the tokens and the file's path.
+///
+/// # Errors
+///
+/// An I/O error if the file cannot be read or written.
+pub fn dev_tokens(data_dir: &Path) -> std::io::Result<(OperatorTokens, PathBuf)> {
+    let path = data_dir.join(DEV_TOKEN_FILE);
+    let token = match std::fs::read_to_string(&path) {
+        Ok(existing) if !existing.trim().is_empty() => existing.trim().to_owned(),
+        Ok(_) => write_new_token(&path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_new_token(&path)?,
+        Err(e) => return Err(e),
+    };
+    let operator = OperatorId::new(DEV_OPERATOR).map_err(std::io::Error::other)?;
+    Ok((OperatorTokens::single(operator, &token), path))
+}
+
+fn write_new_token(path: &Path) -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(token.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    Ok(token)
+}
+
+/// The authenticated operator of a request.
+///
+/// As an extractor it answers 401 with `WWW-Authenticate: Bearer` when the
+/// `Authorization` header is missing, not a bearer token, or unknown.
+#[derive(Debug, Clone)]
+pub struct Operator(pub OperatorId);
+
+impl FromRequest for Operator {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Operator, ApiError> {
+    let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() else {
+        return Err(ApiError::internal("application state is missing"));
+    };
+    let header = req.headers().get(AUTHORIZATION);
+    let token = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            let (scheme, token) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty());
+    let reason = match (header, token) {
+        (None, _) => "missing",
+        (Some(_), None) => "malformed",
+        (Some(_), Some(token)) => match state.operators.authenticate(token) {
+            Some(operator) => {
+                req.extensions_mut().insert(Operator(operator.clone()));
+                return Ok(Operator(operator));
+            }
+            None => "unknown",
+        },
+    };
+    crate::telemetry::flow_event(
+        &state.logger,
+        req,
+        "auth",
+        slog::o!("outcome" => "denied", "reason" => reason),
+    );
+    Err(ApiError::unauthorized_operator())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_authenticates() {
+        let t = OperatorTokens::parse("alice:tok-a, bob:tok-b,alice:tok-a2").unwrap();
+        assert_eq!(t.authenticate("tok-a").unwrap().as_str(), "alice");
+        assert_eq!(t.authenticate("tok-a2").unwrap().as_str(), "alice");
+        assert_eq!(t.authenticate("tok-b").unwrap().as_str(), "bob");
+        assert!(t.authenticate("tok-").is_none());
+        assert!(t.authenticate("").is_none());
+        assert!(!format!("{t:?}").contains("tok-a"));
+    }
+
+    #[test]
+    fn rejects_bad_lists() {
+        assert!(matches!(
+            OperatorTokens::parse(""),
+            Err(TokensError::NotAPair(1))
+        ));
+        assert!(matches!(
+            OperatorTokens::parse("alice"),
+            Err(TokensError::NotAPair(1))
+        ));
+        assert!(matches!(
+            OperatorTokens::parse("alice:"),
+            Err(TokensError::Token(1))
+        ));
+        assert!(matches!(
+            OperatorTokens::parse("al ice:x"),
+            Err(TokensError::Operator { .. })
+        ));
+        assert!(matches!(
+            OperatorTokens::parse("alice:x,bob:x"),
+            Err(TokensError::DuplicateToken(2))
+        ));
+        assert!(matches!(
+            OperatorTokens::parse("alice:a b"),
+            Err(TokensError::Token(1))
+        ));
+    }
+
+    #[test]
+    fn dev_token_is_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tokens, path) = dev_tokens(dir.path()).unwrap();
+        let token = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(token.trim().len(), 64);
+        assert_eq!(
+            tokens.authenticate(token.trim()).unwrap().as_str(),
+            DEV_OPERATOR
+        );
+        let (again, _) = dev_tokens(dir.path()).unwrap();
+        assert!(
+            again.authenticate(token.trim()).is_some(),
+            "the token must survive restarts"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "the token file must not be readable by others"
+            );
+        }
+    }
+}

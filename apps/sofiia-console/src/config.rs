@@ -1,0 +1,431 @@
+//! Settings: every `SOFIIA_*` variable, parsed and validated once at start.
+//!
+//! Values come from the process environment, optionally completed by an env
+//! file (`KEY=VALUE` lines, as systemd's `EnvironmentFile=` reads them); the
+//! environment wins. A value that does not parse stops the process with a
+//! message naming the variable: nothing falls back silently.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sofiia_core_domain::NodeId;
+use sofiia_router_client::NodesConfig;
+
+use crate::auth::OperatorTokens;
+
+/// A setting that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable holds a value that does not parse.
+    #[error("{variable}: {reason}")]
+    Invalid {
+        /// The variable's name.
+        variable: &'static str,
+        /// What is wrong with it (never the value of a secret).
+        reason: String,
+    },
+    /// The env file could not be read or has a malformed line.
+    #[error("config file {}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// An error and its causes, joined: library errors keep details in `source()`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+fn invalid(variable: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        variable,
+        reason: reason.into(),
+    }
+}
+
+/// Which chat index backend serves the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatIndexBackend {
+    /// A SQLite file in the data dir (the default).
+    Sqlite,
+    /// Process memory; lost on restart.
+    InMemory,
+}
+
+/// Every setting of the console.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `SOFIIA_BIND`: the listen address.
+    pub bind: SocketAddr,
+    /// `SOFIIA_DATA_DIR`: SQLite files and generated dev secrets.
+    pub data_dir: PathBuf,
+    /// `SOFIIA_NODES` with `SOFIIA_DEFAULT_NODE` applied; `None` runs the
+    /// built-in echo node.
+    pub nodes: Option<NodesConfig>,
+    /// `SOFIIA_INFER_TIMEOUT_MS`: the limit of one infer call.
+    pub infer_timeout: Duration,
+    /// `SOFIIA_OPERATOR_TOKENS`; `None` generates a dev token into the data dir.
+    pub operator_tokens: Option<OperatorTokens>,
+    /// `SOFIIA_CHAT_INDEX_BACKEND`.
+    pub chat_index_backend: ChatIndexBackend,
+    /// `SOFIIA_WORKERS`: HTTP worker threads; `None` uses one per core.
+    pub workers: Option<usize>,
+    /// `SOFIIA_SHUTDOWN_TIMEOUT_SECS`: how long a graceful stop waits for
+    /// requests in flight.
+    pub shutdown_timeout: Duration,
+    /// Names of `SOFIIA_*` variables that were set but mean nothing to the
+    /// console, most likely typos; reported as a warning at start.
+    pub unknown_variables: Vec<String>,
+}
+
+/// The variables this version understands (besides build- and test-only ones).
+const KNOWN: &[&str] = &[
+    "SOFIIA_BIND",
+    "SOFIIA_DATA_DIR",
+    "SOFIIA_NODES",
+    "SOFIIA_DEFAULT_NODE",
+    "SOFIIA_INFER_TIMEOUT_MS",
+    "SOFIIA_OPERATOR_TOKENS",
+    "SOFIIA_CHAT_INDEX_BACKEND",
+    "SOFIIA_WORKERS",
+    "SOFIIA_SHUTDOWN_TIMEOUT_SECS",
+    "SOFIIA_CONFIG",
+];
+
+/// Variables used by builds, tests and ops scripts rather than the server.
+const IGNORED_PREFIXES: &[&str] = &[
+    "SOFIIA_TEST_",
+    "SOFIIA_BUILD_",
+    "SOFIIA_REQUIRE_",
+    "SOFIIA_STUB_",
+];
+
+impl Settings {
+    /// Reads the process environment, completed by `config_file` if given.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first variable that does not parse.
+    pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut vars = match config_file {
+            Some(path) => read_env_file(path)?,
+            None => BTreeMap::new(),
+        };
+        // Only Unicode variables can be ours; a non-UTF-8 SOFIIA_ value is
+        // reported as invalid instead of being skipped.
+        for (key, value) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            if !key.starts_with("SOFIIA_") {
+                continue;
+            }
+            match value.into_string() {
+                Ok(value) => {
+                    vars.insert(key.to_owned(), value);
+                }
+                Err(_) => {
+                    return Err(ConfigError::Invalid {
+                        variable: KNOWN
+                            .iter()
+                            .find(|k| **k == key)
+                            .copied()
+                            .unwrap_or("SOFIIA_*"),
+                        reason: format!("{key} is not valid UTF-8"),
+                    });
+                }
+            }
+        }
+        Self::from_vars(&vars)
+    }
+
+    /// Builds settings from explicit `name → value` pairs (tests, embedding).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first variable that does not parse.
+    pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| vars.get(name).map(String::as_str);
+
+        let bind = match get("SOFIIA_BIND") {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(v) => v.parse().map_err(|_| {
+                invalid(
+                    "SOFIIA_BIND",
+                    "must be an IP address and port, such as 127.0.0.1:8080 or [::]:8080",
+                )
+            })?,
+        };
+
+        let data_dir = match get("SOFIIA_DATA_DIR") {
+            None => PathBuf::from("./data"),
+            Some("") => return Err(invalid("SOFIIA_DATA_DIR", "must not be empty")),
+            Some(v) => PathBuf::from(v),
+        };
+
+        let default_node = get("SOFIIA_DEFAULT_NODE")
+            .map(|v| NodeId::new(v).map_err(|e| invalid("SOFIIA_DEFAULT_NODE", chain(&e))))
+            .transpose()?;
+        let nodes = match get("SOFIIA_NODES") {
+            None => {
+                if let Some(node) = &default_node
+                    && node.as_str() != sofiia_router_client::EchoRouter::NODE
+                {
+                    return Err(invalid(
+                        "SOFIIA_DEFAULT_NODE",
+                        format!(
+                            "names {node}, but SOFIIA_NODES is unset, so the only node is the \
+                                 built-in `{}`",
+                            sofiia_router_client::EchoRouter::NODE
+                        ),
+                    ));
+                }
+                None
+            }
+            Some(v) => {
+                let nodes =
+                    NodesConfig::parse(v).map_err(|e| invalid("SOFIIA_NODES", chain(&e)))?;
+                Some(match default_node {
+                    None => nodes,
+                    Some(node) => nodes
+                        .with_default(node)
+                        .map_err(|e| invalid("SOFIIA_DEFAULT_NODE", chain(&e)))?,
+                })
+            }
+        };
+
+        let infer_timeout = Duration::from_millis(parse_u64(
+            get("SOFIIA_INFER_TIMEOUT_MS"),
+            "SOFIIA_INFER_TIMEOUT_MS",
+            30_000,
+            1..=600_000,
+        )?);
+
+        let operator_tokens = get("SOFIIA_OPERATOR_TOKENS")
+            .map(|v| {
+                OperatorTokens::parse(v).map_err(|e| invalid("SOFIIA_OPERATOR_TOKENS", chain(&e)))
+            })
+            .transpose()?;
+
+        let chat_index_backend = match get("SOFIIA_CHAT_INDEX_BACKEND") {
+            None | Some("sqlite") => ChatIndexBackend::Sqlite,
+            Some("inmemory") => ChatIndexBackend::InMemory,
+            Some(_) => {
+                return Err(invalid(
+                    "SOFIIA_CHAT_INDEX_BACKEND",
+                    "must be `sqlite` or `inmemory`",
+                ));
+            }
+        };
+
+        let workers = get("SOFIIA_WORKERS")
+            .map(|v| parse_u64(Some(v), "SOFIIA_WORKERS", 0, 1..=1024))
+            .transpose()?
+            .map(|n| usize::try_from(n).unwrap_or(1024));
+
+        let shutdown_timeout = Duration::from_secs(parse_u64(
+            get("SOFIIA_SHUTDOWN_TIMEOUT_SECS"),
+            "SOFIIA_SHUTDOWN_TIMEOUT_SECS",
+            30,
+            0..=3600,
+        )?);
+
+        let unknown_variables = vars
+            .keys()
+            .filter(|k| k.starts_with("SOFIIA_"))
+            .filter(|k| !KNOWN.contains(&k.as_str()))
+            .filter(|k| !IGNORED_PREFIXES.iter().any(|p| k.starts_with(p)))
+            .cloned()
+            .collect();
+
+        Ok(Self {
+            bind,
+            data_dir,
+            nodes,
+            infer_timeout,
+            operator_tokens,
+            chat_index_backend,
+            workers,
+            shutdown_timeout,
+            unknown_variables,
+        })
+    }
+}
+
+fn parse_u64(
+    value: Option<&str>,
+    variable: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let reason = || {
+        format!(
+            "must be a whole number from {} to {}",
+            range.start(),
+            range.end()
+        )
+    };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(variable, reason()));
+    }
+    match value.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(invalid(variable, reason())),
+    }
+}
+
+/// Reads `KEY=VALUE` lines; blank lines and `#` comments are skipped, and a
+/// value may be wrapped in one pair of single or double quotes.
+fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let file_error = |reason: String| ConfigError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let mut vars = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(file_error(format!("line {} is not KEY=VALUE", n + 1)));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(file_error(format!("line {} has an invalid name", n + 1)));
+        }
+        let value = value.trim();
+        let value = ['"', '\'']
+            .iter()
+            .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
+            .unwrap_or(value);
+        vars.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn error_variable(pairs: &[(&str, &str)]) -> &'static str {
+        match Settings::from_vars(&vars(pairs)) {
+            Err(ConfigError::Invalid { variable, .. }) => variable,
+            other => panic!("expected an invalid variable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = Settings::from_vars(&BTreeMap::new()).unwrap();
+        assert_eq!(s.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert!(s.nodes.is_none());
+        assert_eq!(s.infer_timeout, Duration::from_secs(30));
+        assert!(s.operator_tokens.is_none());
+        assert_eq!(s.chat_index_backend, ChatIndexBackend::Sqlite);
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        assert_eq!(
+            error_variable(&[("SOFIIA_BIND", "localhost")]),
+            "SOFIIA_BIND"
+        );
+        assert_eq!(
+            error_variable(&[("SOFIIA_DATA_DIR", "")]),
+            "SOFIIA_DATA_DIR"
+        );
+        assert_eq!(error_variable(&[("SOFIIA_NODES", "NODA1")]), "SOFIIA_NODES");
+        assert_eq!(
+            error_variable(&[
+                ("SOFIIA_NODES", "NODA1=http://h:1"),
+                ("SOFIIA_DEFAULT_NODE", "NODA2")
+            ]),
+            "SOFIIA_DEFAULT_NODE"
+        );
+        assert_eq!(
+            error_variable(&[("SOFIIA_DEFAULT_NODE", "NODA2")]),
+            "SOFIIA_DEFAULT_NODE"
+        );
+        for bad in ["", "0", "-1", "1.5", "30s", "600001"] {
+            assert_eq!(
+                error_variable(&[("SOFIIA_INFER_TIMEOUT_MS", bad)]),
+                "SOFIIA_INFER_TIMEOUT_MS"
+            );
+        }
+        assert_eq!(
+            error_variable(&[("SOFIIA_OPERATOR_TOKENS", "alice")]),
+            "SOFIIA_OPERATOR_TOKENS"
+        );
+        assert_eq!(
+            error_variable(&[("SOFIIA_CHAT_INDEX_BACKEND", "SQLite")]),
+            "SOFIIA_CHAT_INDEX_BACKEND"
+        );
+        assert_eq!(error_variable(&[("SOFIIA_WORKERS", "0")]), "SOFIIA_WORKERS");
+    }
+
+    #[test]
+    fn nodes_and_default_node() {
+        let s = Settings::from_vars(&vars(&[
+            (
+                "SOFIIA_NODES",
+                "NODA1=http://127.0.0.1:9001,NODA2=http://127.0.0.1:9002",
+            ),
+            ("SOFIIA_DEFAULT_NODE", "NODA2"),
+        ]))
+        .unwrap();
+        assert_eq!(s.nodes.unwrap().default_node().as_str(), "NODA2");
+    }
+
+    #[test]
+    fn unknown_variables_are_collected_but_test_ones_are_not() {
+        let s = Settings::from_vars(&vars(&[
+            ("SOFIIA_NODE", "NODA1=http://h:1"),
+            ("SOFIIA_TEST_REDIS_URL", "redis://x"),
+        ]))
+        .unwrap();
+        assert_eq!(s.unknown_variables, vec!["SOFIIA_NODE".to_owned()]);
+    }
+
+    #[test]
+    fn env_file_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.env");
+        std::fs::write(
+            &path,
+            "# comment\n\nSOFIIA_BIND=127.0.0.1:9999\nexport SOFIIA_DATA_DIR=\"/var/lib/sofiia\"\n",
+        )
+        .unwrap();
+        let vars = read_env_file(&path).unwrap();
+        assert_eq!(vars["SOFIIA_BIND"], "127.0.0.1:9999");
+        assert_eq!(vars["SOFIIA_DATA_DIR"], "/var/lib/sofiia");
+        std::fs::write(&path, "NOT A PAIR\n").unwrap();
+        assert!(matches!(
+            read_env_file(&path),
+            Err(ConfigError::File { .. })
+        ));
+    }
+}

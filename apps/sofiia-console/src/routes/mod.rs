@@ -1,0 +1,123 @@
+//! HTTP routes: parse, call the domain, map the result.
+
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::web;
+
+use crate::problem::ApiError;
+
+pub use system::{GIT_SHA, VERSION};
+
+mod chats;
+mod send;
+mod system;
+
+/// The largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Registers every route and the extractor settings they rely on.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_BODY_BYTES)
+            .error_handler(|e, _| json_error(e).into()),
+    )
+    .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+    .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(&e).into()))
+    .route("/api/health", web::get().to(system::health))
+    .route("/api/ready", web::get().to(system::ready))
+    .route("/metrics", web::get().to(system::metrics))
+    .service(
+        web::resource("/api/chats")
+            .route(web::post().to(chats::create))
+            .route(web::get().to(chats::list)),
+    )
+    .route("/api/chats/{chat_id}", web::get().to(chats::get))
+    .route(
+        "/api/chats/{chat_id}/messages",
+        web::get().to(chats::messages),
+    )
+    .route("/api/chats/{chat_id}/send", web::post().to(send::send));
+}
+
+/// The fallback for paths no route matches.
+pub async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+fn json_error(e: JsonPayloadError) -> ApiError {
+    match e {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+                format!("the request body must not exceed {MAX_BODY_BYTES} bytes"),
+            )
+        }
+        JsonPayloadError::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "the request body must be JSON with Content-Type: application/json",
+        ),
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::bad_request("invalid-json", format!("the JSON body is invalid: {e}"))
+        }
+        other => ApiError::bad_request("invalid-body", other.to_string()),
+    }
+}
+
+fn query_error(e: &QueryPayloadError) -> ApiError {
+    ApiError::bad_request("invalid-query", format!("the query string is invalid: {e}"))
+}
+
+/// The query of every list endpoint.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The page to read, with cursors decoded for the list `scope`.
+    pub(crate) fn page_request(
+        &self,
+        scope: &str,
+    ) -> Result<sofiia_core_domain::PageRequest, ApiError> {
+        use sofiia_core_domain::{Cursor, PageLimit, PageRequest};
+        let limit = self
+            .limit
+            .as_deref()
+            .map(PageLimit::parse)
+            .transpose()?
+            .unwrap_or_default();
+        let after = self
+            .cursor
+            .as_deref()
+            .map(|c| Cursor::decode(c, scope))
+            .transpose()?;
+        Ok(PageRequest { limit, after })
+    }
+}
+
+/// A page as the API returns it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct PageBody<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+impl<T> PageBody<T> {
+    pub(crate) fn new(page: sofiia_core_domain::Page<T>, scope: &str) -> Self {
+        Self {
+            next_cursor: page.next.map(|c| c.encode(scope)),
+            items: page.items,
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Composition: settings in, a running HTTP server out.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use slog::{Logger, info, warn};
+use sofiia_chat_index::{DynChatIndexStore, MemoryChatIndex, SqliteChatIndex};
+use sofiia_core_domain::SystemClock;
+use sofiia_router_client::{DynNodeRouter, EchoRouter, HttpRouter, Instrumented};
+
+use crate::auth::{OperatorTokens, dev_tokens};
+use crate::config::{ChatIndexBackend, Settings};
+use crate::routes;
+use crate::state::AppState;
+use crate::telemetry::{metrics_handle, request_middleware};
+
+/// Why the console could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data dir could not be created or written.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The chat index could not be opened.
+    #[error("chat index: {0}")]
+    ChatIndex(#[from] sofiia_chat_index::ChatIndexError),
+    /// The node router could not be built.
+    #[error("nodes: {0}")]
+    Router(#[from] sofiia_router_client::ConfigError),
+    /// The server failed while serving.
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Opens every backend named by `settings` and composes the state.
+///
+/// # Errors
+///
+/// [`StartError`] when a backend cannot be opened.
+pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState, StartError> {
+    let data_dir_error = |source| StartError::DataDir {
+        path: settings.data_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&settings.data_dir).map_err(data_dir_error)?;
+
+    for name in &settings.unknown_variables {
+        warn!(logger, "unknown setting ignored; is it misspelt?"; "variable" => name.as_str());
+    }
+
+    let operators: OperatorTokens = match &settings.operator_tokens {
+        Some(tokens) => tokens.clone(),
+        None => {
+            let (tokens, path) = dev_tokens(&settings.data_dir).map_err(data_dir_error)?;
+            warn!(
+                logger,
+                "SOFIIA_OPERATOR_TOKENS is unset: using a generated development token for operator `dev`; never run production like this";
+                "token_file" => path.display().to_string(),
+            );
+            tokens
+        }
+    };
+
+    let chat_index: Arc<DynChatIndexStore> = match settings.chat_index_backend {
+        ChatIndexBackend::Sqlite => {
+            let path = settings.data_dir.join("chat-index.db");
+            info!(logger, "chat index: sqlite"; "path" => path.display().to_string());
+            Arc::new(SqliteChatIndex::open(&path).await?)
+        }
+        ChatIndexBackend::InMemory => {
+            warn!(logger, "chat index: inmemory; chats are lost on restart");
+            Arc::new(MemoryChatIndex::new())
+        }
+    };
+
+    let router: Arc<DynNodeRouter> = match &settings.nodes {
+        Some(nodes) => {
+            info!(
+                logger, "nodes configured";
+                "nodes" => nodes.nodes().iter().map(|n| n.as_str()).collect::<Vec<_>>().join(","),
+                "default_node" => nodes.default_node().as_str(),
+            );
+            Arc::new(Instrumented::new(HttpRouter::new(
+                nodes.clone(),
+                settings.infer_timeout,
+            )?))
+        }
+        None => {
+            warn!(
+                logger,
+                "SOFIIA_NODES is unset: every send is answered by the built-in local echo node, not by Sofiia; set SOFIIA_NODES=NODA1=http://host:port,... for real inference";
+                "node" => EchoRouter::NODE,
+            );
+            Arc::new(Instrumented::new(EchoRouter::new()))
+        }
+    };
+
+    let metrics = metrics_handle();
+    metrics::gauge!(
+        "sofiia_build_info",
+        "version" => routes::VERSION,
+        "git_sha" => routes::GIT_SHA,
+    )
+    .set(1.0);
+
+    Ok(AppState {
+        chat_index,
+        router,
+        clock: Arc::new(SystemClock),
+        operators,
+        logger,
+        metrics,
+    })
+}
+
+/// The actix-web application over `state`: every route, the request
+/// middleware and the problem+json fallback for unknown paths.
+pub fn build_app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(state))
+        .configure(routes::configure)
+        .default_service(web::to(routes::not_found))
+        .wrap(from_fn(request_middleware))
+}
+
+/// A console serving on a bound address.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The address it listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets requests in flight finish, and waits.
+    ///
+    /// # Errors
+    ///
+    /// The server's I/O error, if it failed.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.handle.stop(true).await;
+        self.task.await.map_err(std::io::Error::other)?
+    }
+
+    /// Waits until the server stops (on SIGTERM or SIGINT).
+    ///
+    /// # Errors
+    ///
+    /// The server's I/O error, if it failed.
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Binds `settings.bind` and serves `state` on the current runtime.
+///
+/// The server stops gracefully on SIGTERM or SIGINT, waiting up to
+/// `settings.shutdown_timeout` for requests in flight.
+///
+/// # Errors
+///
+/// [`StartError::Bind`] if the address cannot be bound.
+pub fn start(settings: &Settings, state: AppState) -> Result<RunningServer, StartError> {
+    let bind_error = |source| StartError::Bind {
+        addr: settings.bind,
+        source,
+    };
+    let listener = TcpListener::bind(settings.bind).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    let logger = state.logger.clone();
+    let mut server = HttpServer::new(move || build_app(state.clone()))
+        .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        .listen(listener)
+        .map_err(bind_error)?;
+    if let Some(workers) = settings.workers {
+        server = server.workers(workers);
+    }
+    let server = server.run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    info!(logger, "listening"; "addr" => addr.to_string(), "version" => routes::VERSION, "git_sha" => routes::GIT_SHA);
+    Ok(RunningServer { addr, handle, task })
+}

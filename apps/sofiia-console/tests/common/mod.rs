@@ -1,0 +1,298 @@
+//! Shared harness of the end-to-end tests: real router-stub nodes over HTTP,
+//! the real app composed by `build_state`, served on a loopback port, and a
+//! real HTTP client.
+#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sofiia_console::config::Settings;
+use sofiia_console::server::{self, RunningServer};
+use sofiia_console::state::AppState;
+use sofiia_console::telemetry::json_logger_sync;
+use sofiia_core_domain::{DynClock, NodeId};
+use sofiia_router_stub::{StubConfig, StubHandle, StubNode};
+use tempfile::TempDir;
+
+pub const ALICE: &str = "alice-token-0001";
+pub const BOB: &str = "bob-token-00002";
+
+/// Log lines written by a console under test.
+#[derive(Clone, Default)]
+pub struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Every line, parsed; panics on a line that is not a JSON object.
+    pub fn lines(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"));
+                assert!(v.is_object(), "log line is not an object: {l}");
+                v
+            })
+            .collect()
+    }
+
+    pub fn flows(&self, flow: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l["flow"] == flow)
+            .collect()
+    }
+}
+
+pub async fn stub(name: &str) -> StubHandle {
+    stub_with(name, Duration::ZERO, None).await
+}
+
+pub async fn stub_with(name: &str, delay: Duration, fail_status: Option<u16>) -> StubHandle {
+    StubNode::spawn(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        StubConfig::new(NodeId::new(name).unwrap())
+            .with_delay(delay)
+            .with_fail_status(fail_status),
+    )
+    .unwrap()
+}
+
+/// Builds a console for one test.
+pub struct ConsoleBuilder {
+    vars: BTreeMap<String, String>,
+    clock: Option<Arc<DynClock>>,
+    dir: TempDir,
+}
+
+impl ConsoleBuilder {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vars = BTreeMap::new();
+        vars.insert("SOFIIA_BIND".into(), "127.0.0.1:0".into());
+        vars.insert(
+            "SOFIIA_DATA_DIR".into(),
+            dir.path().to_str().unwrap().to_owned(),
+        );
+        vars.insert(
+            "SOFIIA_OPERATOR_TOKENS".into(),
+            format!("alice:{ALICE},bob:{BOB}"),
+        );
+        vars.insert("SOFIIA_WORKERS".into(), "2".into());
+        vars.insert("SOFIIA_SHUTDOWN_TIMEOUT_SECS".into(), "1".into());
+        Self {
+            vars,
+            clock: None,
+            dir,
+        }
+    }
+
+    pub fn var(mut self, k: &str, v: &str) -> Self {
+        self.vars.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn without(mut self, k: &str) -> Self {
+        self.vars.remove(k);
+        self
+    }
+
+    pub fn nodes(self, nodes: &[&StubHandle]) -> Self {
+        let list = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.name(), n.base_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.var("SOFIIA_NODES", &list)
+    }
+
+    pub fn clock(mut self, clock: Arc<DynClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    pub async fn start(self) -> Console {
+        let settings = Settings::from_vars(&self.vars).unwrap();
+        let logs = LogBuf::default();
+        let logger = json_logger_sync(logs.clone());
+        let mut state = server::build_state(&settings, logger).await.unwrap();
+        if let Some(clock) = self.clock {
+            state.clock = clock;
+        }
+        let server = server::start(&settings, state.clone()).unwrap();
+        Console {
+            base: server.base_url(),
+            server: Some(server),
+            client: reqwest::Client::new(),
+            logs,
+            state,
+            dir: self.dir,
+        }
+    }
+}
+
+pub struct Console {
+    pub base: String,
+    server: Option<RunningServer>,
+    pub client: reqwest::Client,
+    pub logs: LogBuf,
+    pub state: AppState,
+    pub dir: TempDir,
+}
+
+/// An answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Asserts an RFC 9457 problem with `status` and returns it.
+    pub fn problem(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "body: {}",
+            self.text
+        );
+        let p = self.json();
+        for field in ["type", "title", "detail", "request_id"] {
+            assert!(p[field].is_string(), "problem lacks {field}: {p}");
+        }
+        assert_eq!(p["status"], status);
+        assert_eq!(
+            Some(p["request_id"].as_str().unwrap()),
+            self.header("x-request-id"),
+            "the problem's request_id must be the X-Request-Id header"
+        );
+        p
+    }
+}
+
+impl Console {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Answer {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        let res = req.send().await.unwrap();
+        Answer {
+            status: res.status(),
+            headers: res.headers().clone(),
+            text: res.text().await.unwrap(),
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Answer {
+        self.request(Method::GET, path, Some(token), &[], None)
+            .await
+    }
+
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> Answer {
+        self.request(
+            Method::POST,
+            path,
+            Some(token),
+            &[("content-type", "application/json")],
+            Some(serde_json::to_vec(body).unwrap()),
+        )
+        .await
+    }
+
+    pub async fn send(&self, token: &str, chat: &str, key: &str, body: &Value) -> Answer {
+        self.request(
+            Method::POST,
+            &format!("/api/chats/{chat}/send"),
+            Some(token),
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", key),
+            ],
+            Some(serde_json::to_vec(body).unwrap()),
+        )
+        .await
+    }
+
+    pub async fn send_text(&self, chat: &str, key: &str, text: &str) -> Answer {
+        self.send(ALICE, chat, key, &json!({ "text": text })).await
+    }
+
+    /// Every item of a list endpoint, walking `next_cursor` with `limit`.
+    pub async fn walk(&self, path: &str, limit: usize) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        let sep = if path.contains('?') { '&' } else { '?' };
+        loop {
+            let mut url = format!("{path}{sep}limit={limit}");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let page = self.get(&url, ALICE).await;
+            assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+            let page = page.json();
+            let got = page["items"].as_array().unwrap();
+            assert!(got.len() <= limit);
+            items.extend(got.iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => {
+                    assert!(
+                        !got.is_empty(),
+                        "a page with a next cursor must not be empty"
+                    );
+                    cursor = Some(c.to_owned());
+                }
+                None => break,
+            }
+        }
+        items
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.unwrap();
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The in-process backend.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::ops::Bound;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+
+use async_trait::async_trait;
+use sofiia_core_domain::{
+    Chat, ChatId, Cursor, Exchange, Message, MessageId, NewChat, Page, PageRequest, Timestamp,
+};
+
+use crate::exchange::{self, ExchangeError};
+use crate::{ChatIndexError, ChatIndexStore, Result};
+
+/// A chat index held in memory, for tests and single-instance demos.
+///
+/// Everything is lost when it is dropped. Reads and writes take a
+/// [`RwLock`] that is never held across an `.await`; a page costs
+/// O(log n + page size).
+///
+/// If code holding the lock ever panicked, the data may be half updated, so
+/// from then on every call fails with [`ChatIndexError::Backend`] (and
+/// [`check`](ChatIndexStore::check) reports it) instead of serving it.
+///
+/// ```
+/// use sofiia_chat_index::{ChatIndexStore, MemoryChatIndex};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), sofiia_chat_index::ChatIndexError> {
+/// let store = MemoryChatIndex::new();
+/// store.check().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Default)]
+pub struct MemoryChatIndex {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Keyed by the id's string so that a cursor's id, which need not be a
+    /// valid [`ChatId`], can be looked up and compared without conversion.
+    chats: HashMap<String, ChatEntry>,
+    /// `(updated_at, id)` of every chat: the list order, ascending.
+    by_activity: BTreeSet<(Timestamp, String)>,
+    /// Every stored message id and the chat it belongs to, across all chats,
+    /// as message ids are unique store-wide.
+    message_chats: HashMap<MessageId, String>,
+}
+
+struct ChatEntry {
+    chat: Chat,
+    /// Keyed by `(ts, id as text)`: the list order, ascending. The text form
+    /// is what cursors carry and what other backends compare.
+    messages: BTreeMap<(Timestamp, String), Message>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MemoryError {
+    /// The lock was poisoned by a panic while it was held.
+    #[error("the in-memory chat index is unusable: a panic interrupted an update")]
+    Poisoned,
+    /// The maps disagree; only a bug in this module could cause it.
+    #[error("the in-memory chat index is inconsistent")]
+    Inconsistent,
+}
+
+impl From<MemoryError> for ChatIndexError {
+    fn from(err: MemoryError) -> Self {
+        ChatIndexError::Backend {
+            source: Box::new(err),
+        }
+    }
+}
+
+impl MemoryChatIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // A poisoned lock is reported, not recovered with `into_inner`: the panic
+    // may have struck between the updates of `chats`, `by_activity` and
+    // `message_chats`, and serving such data would break pagination silently.
+    fn read(&self) -> Result<RwLockReadGuard<'_, Inner>, MemoryError> {
+        self.inner.read().map_err(|_| MemoryError::Poisoned)
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, Inner>, MemoryError> {
+        self.inner.write().map_err(|_| MemoryError::Poisoned)
+    }
+}
+
+impl fmt::Debug for MemoryChatIndex {
+    // Sizes only: the content holds message text, which must not reach logs,
+    // and a busy lock must not block a `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("MemoryChatIndex");
+        match self.inner.try_read() {
+            Ok(inner) => s
+                .field("chats", &inner.chats.len())
+                .field("messages", &inner.message_chats.len()),
+            Err(TryLockError::WouldBlock) => s.field("state", &"locked"),
+            Err(TryLockError::Poisoned(_)) => s.field("state", &"poisoned"),
+        };
+        s.finish()
+    }
+}
+
+/// The items strictly before `after` in ascending key order, last first:
+/// the list's descending order, starting strictly after the cursor.
+fn upper_bound(after: Option<&Cursor>) -> Bound<(Timestamp, String)> {
+    match after {
+        Some(c) => Bound::Excluded((c.ts(), c.id().to_owned())),
+        None => Bound::Unbounded,
+    }
+}
+
+#[async_trait]
+impl ChatIndexStore for MemoryChatIndex {
+    async fn create_chat(&self, chat: NewChat) -> Result<Chat> {
+        let mut inner = self.write()?;
+        if inner.chats.contains_key(chat.id.as_str()) {
+            return Err(ChatIndexError::Conflict { id: chat.id });
+        }
+        let chat = chat.into_chat();
+        inner.insert_chat(chat.clone());
+        Ok(chat)
+    }
+
+    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
+        let inner = self.read()?;
+        Ok(inner.chats.get(id.as_str()).map(|e| e.chat.clone()))
+    }
+
+    async fn append_exchange(&self, new_chat: NewChat, exchange: &Exchange) -> Result<Chat> {
+        exchange::check(&new_chat, exchange)?;
+        let chat_key = exchange.operator.chat_id.as_str();
+        let mut inner = self.write()?;
+
+        // Every check comes before the first change, so a refused exchange
+        // leaves nothing behind.
+        if let Some(owner) = inner.message_chats.get(&exchange.operator.id) {
+            if owner != chat_key {
+                return Err(ExchangeError::OperatorIdInOtherChat.into());
+            }
+            return inner
+                .chats
+                .get(chat_key)
+                .map(|e| e.chat.clone())
+                .ok_or_else(|| MemoryError::Inconsistent.into());
+        }
+        if inner.message_chats.contains_key(&exchange.agent.id) {
+            return Err(ExchangeError::AgentIdTaken.into());
+        }
+
+        if !inner.chats.contains_key(chat_key) {
+            inner.insert_chat(new_chat.into_chat());
+        }
+        let Inner {
+            chats,
+            by_activity,
+            message_chats,
+        } = &mut *inner;
+        let Some(entry) = chats.get_mut(chat_key) else {
+            // Inserted just above, under the same lock.
+            return Err(MemoryError::Inconsistent.into());
+        };
+        let chat = &mut entry.chat;
+        let new_updated_at = chat.updated_at.max(exchange.agent.ts);
+        if new_updated_at != chat.updated_at {
+            by_activity.remove(&(chat.updated_at, chat_key.to_owned()));
+            by_activity.insert((new_updated_at, chat_key.to_owned()));
+            chat.updated_at = new_updated_at;
+        }
+        chat.message_count = chat.message_count.saturating_add(2);
+        for message in [&exchange.operator, &exchange.agent] {
+            entry
+                .messages
+                .insert((message.ts, message.id.to_string()), message.clone());
+            message_chats.insert(message.id, chat_key.to_owned());
+        }
+        Ok(entry.chat.clone())
+    }
+
+    async fn list_chats(&self, page: &PageRequest) -> Result<Page<Chat>> {
+        let inner = self.read()?;
+        let bound = (Bound::Unbounded, upper_bound(page.after.as_ref()));
+        let items = inner
+            .by_activity
+            .range(bound)
+            .rev()
+            .take(page.limit.get() + 1)
+            .filter_map(|(_, id)| inner.chats.get(id).map(|e| e.chat.clone()))
+            .collect();
+        Ok(Page::from_overfetch(items, page.limit, Chat::cursor))
+    }
+
+    async fn list_messages(&self, chat: &ChatId, page: &PageRequest) -> Result<Page<Message>> {
+        let inner = self.read()?;
+        let entry = inner
+            .chats
+            .get(chat.as_str())
+            .ok_or_else(|| ChatIndexError::NotFound { id: chat.clone() })?;
+        let bound = (Bound::Unbounded, upper_bound(page.after.as_ref()));
+        let items = entry
+            .messages
+            .range(bound)
+            .rev()
+            .take(page.limit.get() + 1)
+            .map(|(_, m)| m.clone())
+            .collect();
+        Ok(Page::from_overfetch(items, page.limit, Message::cursor))
+    }
+
+    async fn check(&self) -> Result<()> {
+        drop(self.read()?);
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn insert_chat(&mut self, chat: Chat) {
+        let key = chat.id.as_str().to_owned();
+        self.by_activity.insert((chat.updated_at, key.clone()));
+        self.chats.insert(
+            key,
+            ChatEntry {
+                chat,
+                messages: BTreeMap::new(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::chat_index_store_tests!(
+        async fn store() -> crate::testing::TestStore {
+            crate::testing::TestStore::new(MemoryChatIndex::new())
+        }
+    );
+
+    use sofiia_core_domain::{Clock, ManualClock, NodeId, OperatorId, Role};
+
+    fn exchange(chat: &str, text: &str) -> (NewChat, Exchange) {
+        let clock = ManualClock::default();
+        let node = NodeId::new("NODA1").unwrap();
+        let new_chat = NewChat {
+            id: ChatId::new(chat).unwrap(),
+            title: None,
+            node: node.clone(),
+            created_at: clock.now(),
+        };
+        let message = |role| Message {
+            id: MessageId::generate(),
+            chat_id: new_chat.id.clone(),
+            role,
+            text: text.to_owned(),
+            ts: clock.now(),
+            operator_id: OperatorId::new("alice").unwrap(),
+            node: node.clone(),
+        };
+        let exchange = Exchange {
+            operator: message(Role::Operator),
+            agent: message(Role::Agent),
+        };
+        (new_chat, exchange)
+    }
+
+    #[tokio::test]
+    async fn debug_shows_sizes_never_text() {
+        let store = MemoryChatIndex::new();
+        let (new_chat, exchange) = exchange("c", "top secret plan");
+        store.append_exchange(new_chat, &exchange).await.unwrap();
+        let debug = format!("{store:?}");
+        assert_eq!(debug, "MemoryChatIndex { chats: 1, messages: 2 }");
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_lock_fails_every_call_without_panicking() {
+        let store = MemoryChatIndex::new();
+        let (new_chat, exchange) = exchange("c", "hi");
+        store
+            .append_exchange(new_chat.clone(), &exchange)
+            .await
+            .unwrap();
+        std::thread::scope(|s| {
+            let poisoner = s.spawn(|| {
+                let _guard = store.inner.write().unwrap();
+                panic!("poisoning the lock on purpose");
+            });
+            assert!(poisoner.join().is_err());
+        });
+
+        let backend = |r: Result<(), ChatIndexError>| {
+            assert!(matches!(r, Err(ChatIndexError::Backend { .. })), "{r:?}");
+        };
+        backend(store.check().await);
+        backend(store.get_chat(&new_chat.id).await.map(drop));
+        backend(store.create_chat(new_chat.clone()).await.map(drop));
+        backend(
+            store
+                .append_exchange(new_chat.clone(), &exchange)
+                .await
+                .map(drop),
+        );
+        backend(store.list_chats(&PageRequest::default()).await.map(drop));
+        backend(
+            store
+                .list_messages(&new_chat.id, &PageRequest::default())
+                .await
+                .map(drop),
+        );
+        assert_eq!(
+            format!("{store:?}"),
+            "MemoryChatIndex { state: \"poisoned\" }"
+        );
+    }
+}

@@ -1,0 +1,1026 @@
+//! The SQLite backend.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_sqlite::{
+    BuildError, Config, Hook, HookError, InteractError, Pool, PoolConfig, PoolError, Runtime,
+    Timeouts,
+};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite_migration::{M, Migrations};
+use sofiia_core_domain::{
+    Chat, ChatId, ChatTitle, Cursor, Exchange, Message, MessageId, NewChat, NodeId, OperatorId,
+    Page, PageRequest, Role, Timestamp, ValidationError,
+};
+
+use crate::exchange::{self, ExchangeError};
+use crate::{ChatIndexError, ChatIndexStore, Result};
+
+/// The schema, one entry per version; `PRAGMA user_version` records how many
+/// have run. Entries are never edited once released, only appended.
+const MIGRATIONS: &[M<'static>] = &[M::up(
+    "CREATE TABLE chats (
+        id            TEXT    NOT NULL PRIMARY KEY,
+        title         TEXT,
+        node          TEXT    NOT NULL,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        message_count INTEGER NOT NULL DEFAULT 0 CHECK (message_count >= 0),
+        CHECK (updated_at >= created_at)
+    ) STRICT;
+    CREATE INDEX chats_by_activity ON chats (updated_at DESC, id DESC);
+
+    -- AUTOINCREMENT: `seq` records insertion order and is never reused.
+    CREATE TABLE messages (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        id          TEXT    NOT NULL UNIQUE,
+        chat_id     TEXT    NOT NULL REFERENCES chats (id),
+        role        TEXT    NOT NULL CHECK (role IN ('operator', 'agent')),
+        text        TEXT    NOT NULL,
+        ts          INTEGER NOT NULL,
+        operator_id TEXT    NOT NULL,
+        node        TEXT    NOT NULL
+    ) STRICT;
+    CREATE INDEX messages_by_chat_time ON messages (chat_id, ts DESC, id DESC);",
+)];
+
+// The list queries fetch `limit + 1` rows (see `Page::from_overfetch`). Text
+// compares with SQLite's default BINARY collation, byte by byte, as Rust's
+// `str` does, so every backend agrees on the order of ids.
+const LIST_CHATS_FIRST: &str = "SELECT id, title, node, created_at, updated_at, message_count
+    FROM chats
+    ORDER BY updated_at DESC, id DESC
+    LIMIT ?1";
+const LIST_CHATS_AFTER: &str = "SELECT id, title, node, created_at, updated_at, message_count
+    FROM chats
+    WHERE (updated_at, id) < (?1, ?2)
+    ORDER BY updated_at DESC, id DESC
+    LIMIT ?3";
+const LIST_MESSAGES_FIRST: &str = "SELECT id, chat_id, role, text, ts, operator_id, node
+    FROM messages
+    WHERE chat_id = ?1
+    ORDER BY ts DESC, id DESC
+    LIMIT ?2";
+const LIST_MESSAGES_AFTER: &str = "SELECT id, chat_id, role, text, ts, operator_id, node
+    FROM messages
+    WHERE chat_id = ?1 AND (ts, id) < (?2, ?3)
+    ORDER BY ts DESC, id DESC
+    LIMIT ?4";
+const SELECT_CHAT: &str = "SELECT id, title, node, created_at, updated_at, message_count
+    FROM chats
+    WHERE id = ?1";
+const CHAT_EXISTS: &str = "SELECT 1 FROM chats WHERE id = ?1";
+const MESSAGE_CHAT: &str = "SELECT chat_id FROM messages WHERE id = ?1";
+const INSERT_CHAT: &str =
+    "INSERT INTO chats (id, title, node, created_at, updated_at, message_count)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    ON CONFLICT (id) DO NOTHING";
+const INSERT_MESSAGE: &str = "INSERT INTO messages (id, chat_id, role, text, ts, operator_id, node)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+const TOUCH_CHAT: &str = "UPDATE chats
+    SET updated_at = max(updated_at, ?2), message_count = message_count + 2
+    WHERE id = ?1
+    RETURNING id, title, node, created_at, updated_at, message_count";
+
+/// How [`SqliteChatIndex::open_with`] sets up its connections.
+///
+/// Start from [`SqliteOptions::default`] and change what you need:
+///
+/// ```
+/// use std::time::Duration;
+/// use sofiia_chat_index::SqliteOptions;
+///
+/// let options = SqliteOptions::default().with_busy_timeout(Duration::from_secs(2));
+/// assert_eq!(options.read_connections.get(), 4);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// How many connections serve reads, which WAL lets run beside the one
+    /// writer. Default 4.
+    pub read_connections: NonZeroUsize,
+    /// How long a statement waits for a lock held by another connection or
+    /// process before the call fails with [`ChatIndexError::Unavailable`].
+    /// Default 5 s.
+    pub busy_timeout: Duration,
+    /// How long a call waits for a free connection of this store before it
+    /// fails with [`ChatIndexError::Unavailable`]. Default 5 s.
+    pub acquire_timeout: Duration,
+}
+
+const DEFAULT_READ_CONNECTIONS: NonZeroUsize = match NonZeroUsize::new(4) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            read_connections: DEFAULT_READ_CONNECTIONS,
+            busy_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// These options with `n` read connections.
+    #[must_use]
+    pub fn with_read_connections(mut self, n: NonZeroUsize) -> Self {
+        self.read_connections = n;
+        self
+    }
+
+    /// These options with another [`busy_timeout`](Self::busy_timeout).
+    #[must_use]
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// These options with another [`acquire_timeout`](Self::acquire_timeout).
+    #[must_use]
+    pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+}
+
+/// A chat index in one SQLite file, the console's default backend.
+///
+/// The file is in WAL mode: one writer at a time (a pool of one write
+/// connection, so writers queue without busy-waiting) beside a pool of
+/// readers. Every write is one `BEGIN IMMEDIATE` transaction, and all SQLite
+/// work runs on the blocking thread pool, never on an async worker.
+///
+/// Several stores, even in several processes, may open one file; they share
+/// its data.
+///
+/// ```
+/// use sofiia_chat_index::{ChatIndexStore, SqliteChatIndex};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let store = SqliteChatIndex::open(dir.path().join("data/chat-index.sqlite3")).await?;
+/// store.check().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct SqliteChatIndex {
+    path: PathBuf,
+    write: Pool,
+    read: Pool,
+}
+
+impl fmt::Debug for SqliteChatIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteChatIndex")
+            .field("path", &self.path)
+            .field("write", &self.write.status())
+            .field("read", &self.read.status())
+            .finish()
+    }
+}
+
+impl SqliteChatIndex {
+    /// Opens the index at `path` with [`SqliteOptions::default`], creating
+    /// the file and its parent directories if missing and bringing the schema
+    /// up to date.
+    ///
+    /// # Errors
+    ///
+    /// [`ChatIndexError::Unavailable`] if the file stays locked by someone
+    /// else for longer than the busy timeout; [`ChatIndexError::Backend`] if
+    /// the directory or file cannot be created or opened, the file is not a
+    /// database of this schema (or of a newer one), or WAL mode cannot be set
+    /// (as for `:memory:`).
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// Like [`open`](Self::open), with explicit options.
+    ///
+    /// # Errors
+    ///
+    /// As for [`open`](Self::open).
+    pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        Ok(Self::try_open(path.as_ref().to_owned(), &options).await?)
+    }
+
+    async fn try_open(path: PathBuf, options: &SqliteOptions) -> Result<Self, SqliteError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let parent = parent.to_owned();
+            tokio::task::spawn_blocking(move || std::fs::create_dir_all(parent))
+                .await
+                .map_err(|e| SqliteError::Interact {
+                    panicked: e.is_panic(),
+                })?
+                .map_err(SqliteError::CreateDir)?;
+        }
+        let store = Self {
+            write: build_pool(&path, NonZeroUsize::MIN, options, ConnectionRole::Write)?,
+            read: build_pool(
+                &path,
+                options.read_connections,
+                options,
+                ConnectionRole::Read,
+            )?,
+            path,
+        };
+        // The writer goes first: it switches the file to WAL and creates the
+        // schema before any reader looks at it.
+        store.with_write(migrate).await?;
+        store.with_read(select_one).await?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes the connection pools: calls in flight finish, later calls fail
+    /// with [`ChatIndexError::Unavailable`]. Dropping the store also closes
+    /// its connections; this is for a shutdown that must refuse new work
+    /// while other holders of the store still exist.
+    pub fn close(&self) {
+        self.write.close();
+        self.read.close();
+    }
+
+    async fn with_read<T, F>(&self, f: F) -> Result<T, SqliteError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, SqliteError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let conn = self.read.get().await?;
+        conn.interact(f).await?
+    }
+
+    async fn with_write<T, F>(&self, f: F) -> Result<T, SqliteError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, SqliteError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let conn = self.write.get().await?;
+        conn.interact(f).await?
+    }
+}
+
+#[async_trait]
+impl ChatIndexStore for SqliteChatIndex {
+    async fn create_chat(&self, chat: NewChat) -> Result<Chat> {
+        let chat = chat.into_chat();
+        let row = chat.clone();
+        let created = self
+            .with_write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let inserted = insert_chat(&tx, &row)?;
+                tx.commit()?;
+                Ok(inserted)
+            })
+            .await?;
+        if created {
+            Ok(chat)
+        } else {
+            Err(ChatIndexError::Conflict { id: chat.id })
+        }
+    }
+
+    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
+        let id = id.clone();
+        Ok(self.with_read(move |conn| select_chat(conn, &id)).await?)
+    }
+
+    async fn append_exchange(&self, new_chat: NewChat, exchange: &Exchange) -> Result<Chat> {
+        exchange::check(&new_chat, exchange)?;
+        let exchange = exchange.clone();
+        Ok(self
+            .with_write(move |conn| append(conn, new_chat, &exchange))
+            .await?)
+    }
+
+    async fn list_chats(&self, page: &PageRequest) -> Result<Page<Chat>> {
+        let after = page.after.clone();
+        let fetch = overfetch(page);
+        let items = self
+            .with_read(move |conn| {
+                let rows = match &after {
+                    None => {
+                        let mut stmt = conn.prepare_cached(LIST_CHATS_FIRST)?;
+                        let rows = stmt.query_map(params![fetch], ChatRow::read)?;
+                        rows.collect::<rusqlite::Result<Vec<_>>>()?
+                    }
+                    Some(c) => {
+                        let mut stmt = conn.prepare_cached(LIST_CHATS_AFTER)?;
+                        let rows = stmt.query_map(params![ts(c), c.id(), fetch], ChatRow::read)?;
+                        rows.collect::<rusqlite::Result<Vec<_>>>()?
+                    }
+                };
+                rows.into_iter().map(ChatRow::into_chat).collect()
+            })
+            .await?;
+        Ok(Page::from_overfetch(items, page.limit, Chat::cursor))
+    }
+
+    async fn list_messages(&self, chat: &ChatId, page: &PageRequest) -> Result<Page<Message>> {
+        let chat_id = chat.clone();
+        let after = page.after.clone();
+        let fetch = overfetch(page);
+        let items = self
+            .with_read(move |conn| {
+                // One snapshot for the page and the existence check.
+                let tx = conn.transaction()?;
+                let rows = match &after {
+                    None => {
+                        let mut stmt = tx.prepare_cached(LIST_MESSAGES_FIRST)?;
+                        let rows =
+                            stmt.query_map(params![chat_id.as_str(), fetch], MessageRow::read)?;
+                        rows.collect::<rusqlite::Result<Vec<_>>>()?
+                    }
+                    Some(c) => {
+                        let mut stmt = tx.prepare_cached(LIST_MESSAGES_AFTER)?;
+                        let rows = stmt.query_map(
+                            params![chat_id.as_str(), ts(c), c.id(), fetch],
+                            MessageRow::read,
+                        )?;
+                        rows.collect::<rusqlite::Result<Vec<_>>>()?
+                    }
+                };
+                // A message proves its chat exists (foreign key), so only an
+                // empty page needs the extra lookup.
+                if rows.is_empty() && !chat_exists(&tx, &chat_id)? {
+                    return Ok(None);
+                }
+                rows.into_iter()
+                    .map(MessageRow::into_message)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some)
+            })
+            .await?
+            .ok_or_else(|| ChatIndexError::NotFound { id: chat.clone() })?;
+        Ok(Page::from_overfetch(items, page.limit, Message::cursor))
+    }
+
+    async fn check(&self) -> Result<()> {
+        Ok(self.with_read(select_one).await?)
+    }
+}
+
+fn overfetch(page: &PageRequest) -> i64 {
+    i64::try_from(page.limit.get().saturating_add(1)).unwrap_or(i64::MAX)
+}
+
+fn ts(cursor: &Cursor) -> i64 {
+    cursor.ts().as_unix_millis()
+}
+
+fn select_one(conn: &mut Connection) -> Result<(), SqliteError> {
+    conn.query_row("SELECT 1", [], |_| Ok(()))?;
+    Ok(())
+}
+
+fn chat_exists(conn: &Connection, id: &ChatId) -> rusqlite::Result<bool> {
+    conn.prepare_cached(CHAT_EXISTS)?.exists([id.as_str()])
+}
+
+fn select_chat(conn: &Connection, id: &ChatId) -> Result<Option<Chat>, SqliteError> {
+    conn.prepare_cached(SELECT_CHAT)?
+        .query_row([id.as_str()], ChatRow::read)
+        .optional()?
+        .map(ChatRow::into_chat)
+        .transpose()
+}
+
+/// Inserts `chat` unless its id exists; whether it did.
+fn insert_chat(conn: &Connection, chat: &Chat) -> Result<bool, SqliteError> {
+    let count = i64::try_from(chat.message_count).map_err(|_| SqliteError::CountOverflow)?;
+    let inserted = conn.prepare_cached(INSERT_CHAT)?.execute(params![
+        chat.id.as_str(),
+        chat.title.as_ref().map(ChatTitle::as_str),
+        chat.node.as_str(),
+        chat.created_at.as_unix_millis(),
+        chat.updated_at.as_unix_millis(),
+        count,
+    ])?;
+    Ok(inserted == 1)
+}
+
+fn append(
+    conn: &mut Connection,
+    new_chat: NewChat,
+    exchange: &Exchange,
+) -> Result<Chat, SqliteError> {
+    let chat_id = &exchange.operator.chat_id;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+
+    let owner: Option<String> = tx
+        .prepare_cached(MESSAGE_CHAT)?
+        .query_row([exchange.operator.id.to_string()], |r| r.get(0))
+        .optional()?;
+    if let Some(owner) = owner {
+        if owner != chat_id.as_str() {
+            return Err(ExchangeError::OperatorIdInOtherChat.into());
+        }
+        // A replay: nothing to write, the transaction rolls back on drop.
+        return select_chat(&tx, chat_id)?.ok_or(SqliteError::MissingChat);
+    }
+    if tx
+        .prepare_cached(MESSAGE_CHAT)?
+        .exists([exchange.agent.id.to_string()])?
+    {
+        return Err(ExchangeError::AgentIdTaken.into());
+    }
+
+    insert_chat(&tx, &new_chat.into_chat())?;
+    {
+        let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
+        for m in [&exchange.operator, &exchange.agent] {
+            insert.execute(params![
+                m.id.to_string(),
+                m.chat_id.as_str(),
+                m.role.as_str(),
+                m.text,
+                m.ts.as_unix_millis(),
+                m.operator_id.as_str(),
+                m.node.as_str(),
+            ])?;
+        }
+    }
+    let row = tx.prepare_cached(TOUCH_CHAT)?.query_row(
+        params![chat_id.as_str(), exchange.agent.ts.as_unix_millis()],
+        ChatRow::read,
+    )?;
+    // Validated before the commit, so that a row this crate could not read
+    // back is never half-written.
+    let chat = row.into_chat()?;
+    tx.commit()?;
+    Ok(chat)
+}
+
+/// A `chats` row as stored, before validation.
+struct ChatRow {
+    id: String,
+    title: Option<String>,
+    node: String,
+    created_at: i64,
+    updated_at: i64,
+    message_count: i64,
+}
+
+impl ChatRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            title: row.get(1)?,
+            node: row.get(2)?,
+            created_at: row.get(3)?,
+            updated_at: row.get(4)?,
+            message_count: row.get(5)?,
+        })
+    }
+
+    fn into_chat(self) -> Result<Chat, SqliteError> {
+        let corrupt = |column| move |source| SqliteError::CorruptRow { column, source };
+        Ok(Chat {
+            id: ChatId::new(self.id).map_err(corrupt("chats.id"))?,
+            title: self
+                .title
+                .map(ChatTitle::new)
+                .transpose()
+                .map_err(corrupt("chats.title"))?,
+            node: NodeId::new(self.node).map_err(corrupt("chats.node"))?,
+            created_at: Timestamp::from_unix_millis(self.created_at)
+                .map_err(corrupt("chats.created_at"))?,
+            updated_at: Timestamp::from_unix_millis(self.updated_at)
+                .map_err(corrupt("chats.updated_at"))?,
+            message_count: u64::try_from(self.message_count)
+                .map_err(|_| SqliteError::CountOverflow)?,
+        })
+    }
+}
+
+/// A `messages` row as stored, before validation.
+struct MessageRow {
+    id: String,
+    chat_id: String,
+    role: String,
+    text: String,
+    ts: i64,
+    operator_id: String,
+    node: String,
+}
+
+impl MessageRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            chat_id: row.get(1)?,
+            role: row.get(2)?,
+            text: row.get(3)?,
+            ts: row.get(4)?,
+            operator_id: row.get(5)?,
+            node: row.get(6)?,
+        })
+    }
+
+    fn into_message(self) -> Result<Message, SqliteError> {
+        let corrupt = |column| move |source| SqliteError::CorruptRow { column, source };
+        Ok(Message {
+            id: MessageId::parse(&self.id).map_err(corrupt("messages.id"))?,
+            chat_id: ChatId::new(self.chat_id).map_err(corrupt("messages.chat_id"))?,
+            role: Role::parse(&self.role).map_err(corrupt("messages.role"))?,
+            text: self.text,
+            ts: Timestamp::from_unix_millis(self.ts).map_err(corrupt("messages.ts"))?,
+            operator_id: OperatorId::new(self.operator_id)
+                .map_err(corrupt("messages.operator_id"))?,
+            node: NodeId::new(self.node).map_err(corrupt("messages.node"))?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectionRole {
+    Write,
+    Read,
+}
+
+fn build_pool(
+    path: &Path,
+    size: NonZeroUsize,
+    options: &SqliteOptions,
+    role: ConnectionRole,
+) -> Result<Pool, SqliteError> {
+    let mut pool = PoolConfig::new(size.get());
+    // Without timeouts a call would wait forever for a connection that a
+    // stuck call holds; with them it fails as `Unavailable`.
+    pool.timeouts = Timeouts {
+        wait: Some(options.acquire_timeout),
+        create: Some(options.acquire_timeout),
+        recycle: Some(options.acquire_timeout),
+    };
+    let mut config = Config::new(path);
+    config.pool = Some(pool);
+    let Ok(builder) = config.builder(Runtime::Tokio1);
+    let busy_timeout = options.busy_timeout;
+    Ok(builder
+        .post_create(Hook::async_fn(move |conn, _| {
+            Box::pin(async move {
+                conn.interact(move |c| configure(c, busy_timeout, role))
+                    .await
+                    .map_err(|e| HookError::message(e.to_string()))?
+                    .map_err(|e| match e {
+                        SqliteError::Sqlite(e) => HookError::Backend(e),
+                        other => HookError::message(other.to_string()),
+                    })
+            })
+        }))
+        .build()?)
+}
+
+/// Settings of every new connection. Most pragmas are per connection, so
+/// they are set here rather than once at open.
+fn configure(
+    conn: &mut Connection,
+    busy_timeout: Duration,
+    role: ConnectionRole,
+) -> Result<(), SqliteError> {
+    // First, so that the pragmas below wait for a lock instead of failing.
+    conn.busy_timeout(busy_timeout)?;
+    let mode = enable_wal(conn, busy_timeout)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(SqliteError::NotWal);
+    }
+    // NORMAL is durable across application crashes in WAL mode; a power
+    // loss may only undo the last commits, never corrupt the file.
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+    match role {
+        // Migrations open their transactions with `transaction()`: immediate
+        // makes two processes migrating one file queue instead of deadlock.
+        ConnectionRole::Write => conn.set_transaction_behavior(TransactionBehavior::Immediate),
+        // A read connection that tried to write would take the write lock
+        // beside the write pool and could fail with SQLITE_BUSY.
+        ConnectionRole::Read => conn.execute_batch("PRAGMA query_only = ON;")?,
+    }
+    Ok(())
+}
+
+/// Switches the file to WAL mode (a no-op once it is), returning the mode in
+/// force.
+///
+/// On a file not yet in WAL mode, two connections switching at once both
+/// hold a shared lock and want an exclusive one; SQLite then fails one with
+/// `SQLITE_BUSY` at once, without calling the busy handler, to avoid a
+/// deadlock. So the busy timeout does not cover this step, and it is retried
+/// here within the same budget. This runs on a blocking thread, where
+/// sleeping is fine.
+fn enable_wal(conn: &Connection, budget: Duration) -> Result<String, SqliteError> {
+    let start = Instant::now();
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(e) if is_busy(&e) && start.elapsed() < budget => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), SqliteError> {
+    let migrations = Migrations::from_slice(MIGRATIONS);
+    match migrations.to_latest(conn) {
+        Ok(()) => Ok(()),
+        // Another process may have migrated between the moment this one read
+        // the schema version and the moment it got the write lock; then the
+        // migration here fails (the tables exist) but the file is up to date.
+        Err(err) => {
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if usize::try_from(version).is_ok_and(|v| v == MIGRATIONS.len()) {
+                Ok(())
+            } else {
+                Err(SqliteError::Migration(err))
+            }
+        }
+    }
+}
+
+/// What went wrong inside this backend; converted to [`ChatIndexError`] at
+/// the trait boundary, and kept as its source.
+#[derive(Debug, thiserror::Error)]
+enum SqliteError {
+    #[error("SQLite failed")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("no SQLite connection could be had")]
+    Pool(#[from] PoolError),
+    #[error("the SQLite connection pool could not be built")]
+    Build(#[from] BuildError),
+    #[error("the SQLite schema could not be brought up to date")]
+    Migration(#[source] rusqlite_migration::Error),
+    #[error("the database directory could not be created")]
+    CreateDir(#[source] std::io::Error),
+    // `InteractError` holds a panic payload that is not `Sync`, so only its
+    // kind is kept.
+    #[error("a SQLite call {}", if *.panicked { "panicked" } else { "was cancelled" })]
+    Interact { panicked: bool },
+    #[error("the database could not be put in WAL mode")]
+    NotWal,
+    #[error("a stored value of {column} is invalid")]
+    CorruptRow {
+        column: &'static str,
+        #[source]
+        source: ValidationError,
+    },
+    #[error("a stored message count does not fit")]
+    CountOverflow,
+    #[error("a stored message belongs to a chat that does not exist")]
+    MissingChat,
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+}
+
+impl From<InteractError> for SqliteError {
+    fn from(err: InteractError) -> Self {
+        SqliteError::Interact {
+            panicked: matches!(err, InteractError::Panic(_)),
+        }
+    }
+}
+
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+impl SqliteError {
+    /// Whether a later retry may succeed: the file or the pool was busy, or
+    /// the store is shut down.
+    fn is_transient(&self) -> bool {
+        match self {
+            SqliteError::Sqlite(e)
+            | SqliteError::Pool(PoolError::Backend(e))
+            | SqliteError::Pool(PoolError::PostCreateHook(HookError::Backend(e)))
+            | SqliteError::Migration(rusqlite_migration::Error::RusqliteError { err: e, .. }) => {
+                is_busy(e)
+            }
+            SqliteError::Pool(PoolError::Timeout(_) | PoolError::Closed) => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<SqliteError> for ChatIndexError {
+    fn from(err: SqliteError) -> Self {
+        match err {
+            SqliteError::Exchange(e) => e.into(),
+            err if err.is_transient() => ChatIndexError::Unavailable {
+                source: Box::new(err),
+            },
+            err => ChatIndexError::Backend {
+                source: Box::new(err),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::chat_index_store_tests!(
+        async fn store() -> crate::testing::TestStore {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = SqliteChatIndex::open(dir.path().join("chat-index.sqlite3"))
+                .await
+                .expect("open a fresh SQLite chat index");
+            crate::testing::TestStore::with_guard(store, dir)
+        }
+    );
+
+    use std::error::Error as _;
+
+    use sofiia_core_domain::{Clock, ManualClock};
+
+    fn fixture(chat: &str) -> (NewChat, Exchange) {
+        let clock = ManualClock::default();
+        let node = NodeId::new("NODA1").unwrap();
+        let new_chat = NewChat {
+            id: ChatId::new(chat).unwrap(),
+            title: Some(ChatTitle::new("kept").unwrap()),
+            node: node.clone(),
+            created_at: clock.now(),
+        };
+        let message = |role, text: &str| Message {
+            id: MessageId::generate(),
+            chat_id: new_chat.id.clone(),
+            role,
+            text: text.to_owned(),
+            ts: clock.now(),
+            operator_id: OperatorId::new("alice").unwrap(),
+            node: node.clone(),
+        };
+        let exchange = Exchange {
+            operator: message(Role::Operator, "ping"),
+            agent: message(Role::Agent, "pong"),
+        };
+        (new_chat, exchange)
+    }
+
+    /// A plain connection to the file, beside the store's pools.
+    fn raw(path: &Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    }
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let params = vec![1_i64; stmt.parameter_count()];
+        let details: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(params), |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        details.join(" | ")
+    }
+
+    fn assert_plans(conn: &Connection) {
+        let cases = [
+            (LIST_CHATS_FIRST, "SCAN chats USING INDEX chats_by_activity"),
+            (
+                LIST_CHATS_AFTER,
+                "SEARCH chats USING INDEX chats_by_activity ((updated_at,id)<(?,?))",
+            ),
+            (
+                LIST_MESSAGES_FIRST,
+                "SEARCH messages USING INDEX messages_by_chat_time (chat_id=?)",
+            ),
+            (
+                LIST_MESSAGES_AFTER,
+                "SEARCH messages USING INDEX messages_by_chat_time (chat_id=? AND (ts,id)<(?,?))",
+            ),
+            (
+                SELECT_CHAT,
+                "SEARCH chats USING INDEX sqlite_autoindex_chats_1 (id=?)",
+            ),
+            (
+                CHAT_EXISTS,
+                "SEARCH chats USING COVERING INDEX sqlite_autoindex_chats_1 (id=?)",
+            ),
+            (
+                MESSAGE_CHAT,
+                "SEARCH messages USING INDEX sqlite_autoindex_messages_1 (id=?)",
+            ),
+        ];
+        for (sql, expected) in cases {
+            let plan = plan(conn, sql);
+            // Exact match: no second step, so in particular no
+            // `USE TEMP B-TREE FOR ORDER BY`.
+            assert_eq!(plan, expected, "plan of {sql}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_query_uses_its_index_and_never_sorts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plans.sqlite3");
+        let store = SqliteChatIndex::open(&path).await.unwrap();
+        assert_plans(&raw(&path));
+
+        // The planner may change its mind once it has statistics; it must not.
+        for c in 0..30 {
+            let (new_chat, exchange) = fixture(&format!("chat-{c}"));
+            for _ in 0..10 {
+                let mut exchange = exchange.clone();
+                exchange.operator.id = MessageId::generate();
+                exchange.agent.id = MessageId::generate();
+                store
+                    .append_exchange(new_chat.clone(), &exchange)
+                    .await
+                    .unwrap();
+            }
+        }
+        let conn = raw(&path);
+        conn.execute_batch("ANALYZE;").unwrap();
+        assert_plans(&conn);
+    }
+
+    #[tokio::test]
+    async fn data_survives_close_and_reopen_and_parent_dirs_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not/yet/there/chat-index.sqlite3");
+        let (new_chat, exchange) = fixture("kept");
+        let (chat, messages) = {
+            let store = SqliteChatIndex::open(&path).await.unwrap();
+            assert_eq!(store.path(), path);
+            let chat = store.append_exchange(new_chat, &exchange).await.unwrap();
+            let messages = store
+                .list_messages(&chat.id, &PageRequest::default())
+                .await
+                .unwrap();
+            store.close();
+            (chat, messages)
+        };
+        assert_eq!(messages.items, vec![exchange.agent, exchange.operator]);
+
+        let store = SqliteChatIndex::open(&path).await.unwrap();
+        assert_eq!(store.get_chat(&chat.id).await.unwrap(), Some(chat.clone()));
+        let reread = store
+            .list_messages(&chat.id, &PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(reread, messages);
+        let page = store.list_chats(&PageRequest::default()).await.unwrap();
+        assert_eq!(page.items, vec![chat]);
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_and_stores_share_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.sqlite3");
+        let (first, second) =
+            tokio::join!(SqliteChatIndex::open(&path), SqliteChatIndex::open(&path));
+        let (first, second) = (first.unwrap(), second.unwrap());
+        let third = SqliteChatIndex::open(&path).await.unwrap();
+
+        let (new_chat, exchange) = fixture("shared");
+        let chat = first.append_exchange(new_chat, &exchange).await.unwrap();
+        assert_eq!(second.get_chat(&chat.id).await.unwrap(), Some(chat.clone()));
+        assert_eq!(third.get_chat(&chat.id).await.unwrap(), Some(chat));
+
+        let conn = raw(&path);
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(usize::try_from(version).unwrap(), MIGRATIONS.len());
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('chats', 'messages')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 2);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("future.sqlite3");
+        drop(SqliteChatIndex::open(&path).await.unwrap());
+        raw(&path)
+            .execute_batch("PRAGMA user_version = 99;")
+            .unwrap();
+        let err = SqliteChatIndex::open(&path).await.unwrap_err();
+        assert!(matches!(err, ChatIndexError::Backend { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_database_is_refused() {
+        // Each pooled connection would get a database of its own.
+        let err = SqliteChatIndex::open(":memory:").await.unwrap_err();
+        assert!(matches!(err, ChatIndexError::Backend { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteChatIndex::open(dir.path().join("closed.sqlite3"))
+            .await
+            .unwrap();
+        store.close();
+        let err = store.check().await.unwrap_err();
+        assert!(matches!(err, ChatIndexError::Unavailable { .. }), "{err:?}");
+        let (new_chat, exchange) = fixture("late");
+        let err = store
+            .append_exchange(new_chat, &exchange)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChatIndexError::Unavailable { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_lock_held_elsewhere_is_unavailable_for_writes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked.sqlite3");
+        let options = SqliteOptions::default().with_busy_timeout(Duration::from_millis(50));
+        let store = SqliteChatIndex::open_with(&path, options).await.unwrap();
+        let (new_chat, exchange) = fixture("locked");
+        let chat = store.create_chat(new_chat.clone()).await.unwrap();
+
+        let other = raw(&path);
+        other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+        let err = store
+            .append_exchange(new_chat, &exchange)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChatIndexError::Unavailable { .. }), "{err:?}");
+        let busy = err
+            .source()
+            .and_then(|e| e.source())
+            .and_then(|e| e.downcast_ref::<rusqlite::Error>())
+            .and_then(rusqlite::Error::sqlite_error_code);
+        assert_eq!(
+            busy,
+            Some(ErrorCode::DatabaseBusy),
+            "the chain keeps the driver error"
+        );
+        // WAL: readers are not blocked by a writer.
+        assert_eq!(store.get_chat(&chat.id).await.unwrap(), Some(chat.clone()));
+        other.execute_batch("ROLLBACK;").unwrap();
+
+        let (new_chat, exchange) = fixture("locked");
+        let chat = store.append_exchange(new_chat, &exchange).await.unwrap();
+        assert_eq!(
+            chat.message_count, 2,
+            "the refused write left nothing behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_row_is_a_backend_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corrupt.sqlite3");
+        let store = SqliteChatIndex::open(&path).await.unwrap();
+        raw(&path)
+            .execute(
+                "INSERT INTO chats (id, title, node, created_at, updated_at, message_count)
+                 VALUES ('fine', NULL, 'not a node', 0, 0, 0)",
+                [],
+            )
+            .unwrap();
+        let id = ChatId::new("fine").unwrap();
+        let err = store.get_chat(&id).await.unwrap_err();
+        assert!(matches!(err, ChatIndexError::Backend { .. }), "{err:?}");
+        let cause = err.source().and_then(|e| e.source());
+        assert!(
+            cause.is_some_and(|e| e.downcast_ref::<ValidationError>().is_some()),
+            "the chain names the validation failure: {err:?}"
+        );
+        let err = store.list_chats(&PageRequest::default()).await.unwrap_err();
+        assert!(matches!(err, ChatIndexError::Backend { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn debug_shows_the_path_and_pools() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteChatIndex::open(dir.path().join("debug.sqlite3"))
+            .await
+            .unwrap();
+        let debug = format!("{store:?}");
+        assert!(
+            debug.contains("debug.sqlite3") && debug.contains("max_size"),
+            "{debug}"
+        );
+    }
+}
