@@ -15,8 +15,10 @@ use sha2::{Digest as _, Sha256};
 use sofiia_core_domain::OperatorId;
 use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
+use crate::audit::{self, Event, RequestMeta};
 use crate::problem::ApiError;
 use crate::state::AppState;
+use sofiia_audit_store::Outcome;
 
 /// Why `SOFIIA_OPERATOR_TOKENS` was rejected. Never holds a token.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +45,46 @@ pub enum TokensError {
     Empty,
 }
 
+/// Secrets kept as SHA-256 digests, each with what it grants, looked up in
+/// constant time: every entry is compared whatever matches, so neither the
+/// position of a match nor a common prefix shows in the response time.
+#[derive(Clone)]
+struct DigestSet<T> {
+    entries: Vec<(T, [u8; 32])>,
+}
+
+impl<T> DigestSet<T> {
+    fn contains_digest(&self, d: &[u8; 32]) -> bool {
+        self.entries.iter().any(|(_, e)| e == d)
+    }
+
+    fn find(&self, presented: &str) -> Option<&T> {
+        let presented = digest(presented.as_bytes());
+        let mut found = subtle::Choice::from(0u8);
+        let mut index = 0u32;
+        for (i, (_, expected)) in self.entries.iter().enumerate() {
+            let hit = expected.ct_eq(&presented);
+            index = u32::conditional_select(&index, &u32::try_from(i).unwrap_or(u32::MAX), hit);
+            found |= hit;
+        }
+        if bool::from(found) {
+            usize::try_from(index)
+                .ok()
+                .and_then(|i| self.entries.get(i))
+                .map(|(t, _)| t)
+        } else {
+            None
+        }
+    }
+}
+
+fn valid_secret(secret: &str) -> bool {
+    !secret.is_empty() && secret.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// The configured operators and the digests of their tokens.
 #[derive(Clone)]
-pub struct OperatorTokens {
-    entries: Vec<(OperatorId, [u8; 32])>,
-}
+pub struct OperatorTokens(DigestSet<OperatorId>);
 
 impl fmt::Debug for OperatorTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,6 +92,7 @@ impl fmt::Debug for OperatorTokens {
             .field(
                 "operators",
                 &self
+                    .0
                     .entries
                     .iter()
                     .map(|(o, _)| o.as_str())
@@ -76,60 +114,123 @@ impl OperatorTokens {
     ///
     /// [`TokensError`] naming the entry that is wrong.
     pub fn parse(s: &str) -> Result<Self, TokensError> {
-        let mut entries: Vec<(OperatorId, [u8; 32])> = Vec::new();
+        let mut set = DigestSet {
+            entries: Vec::new(),
+        };
         for (i, entry) in s.split(',').enumerate() {
             let index = i + 1;
             let (operator, token) = entry.split_once(':').ok_or(TokensError::NotAPair(index))?;
             let operator = OperatorId::new(operator.trim())
                 .map_err(|source| TokensError::Operator { index, source })?;
             let token = token.trim();
-            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            if !valid_secret(token) {
                 return Err(TokensError::Token(index));
             }
             let d = digest(token.as_bytes());
-            if entries.iter().any(|(_, e)| *e == d) {
+            if set.contains_digest(&d) {
                 return Err(TokensError::DuplicateToken(index));
             }
-            entries.push((operator, d));
+            set.entries.push((operator, d));
         }
-        if entries.is_empty() {
+        if set.entries.is_empty() {
             return Err(TokensError::Empty);
         }
-        Ok(Self { entries })
+        Ok(Self(set))
     }
 
     /// One operator with one token.
     pub fn single(operator: OperatorId, token: &str) -> Self {
-        Self {
+        Self(DigestSet {
             entries: vec![(operator, digest(token.as_bytes()))],
-        }
+        })
     }
 
     /// The operator whose token this is, if any.
     pub fn authenticate(&self, presented: &str) -> Option<OperatorId> {
-        let presented = digest(presented.as_bytes());
-        // Visit every entry whatever matches, selecting the match's index
-        // without a data-dependent branch.
-        let mut found = subtle::Choice::from(0u8);
-        let mut index = 0u32;
-        for (i, (_, expected)) in self.entries.iter().enumerate() {
-            let hit = expected.ct_eq(&presented);
-            index = u32::conditional_select(&index, &u32::try_from(i).unwrap_or(u32::MAX), hit);
-            found |= hit;
-        }
-        if bool::from(found) {
-            usize::try_from(index)
-                .ok()
-                .and_then(|i| self.entries.get(i))
-                .map(|(o, _)| o.clone())
-        } else {
-            None
-        }
+        self.0.find(presented).cloned()
     }
 
     /// The configured operator ids.
     pub fn operators(&self) -> impl Iterator<Item = &OperatorId> {
-        self.entries.iter().map(|(o, _)| o)
+        self.0.entries.iter().map(|(o, _)| o)
+    }
+}
+
+/// Why `SOFIIA_AUDIT_KEYS` was rejected. Never holds a key.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditKeysError {
+    /// An entry is empty or holds characters outside visible ASCII.
+    #[error("entry {0}: a key must be non-empty visible ASCII")]
+    Key(usize),
+    /// Two entries are the same key.
+    #[error("entry {0} repeats an earlier key")]
+    Duplicate(usize),
+}
+
+/// The keys `/api/audit` accepts, as digests. All listed keys are accepted at
+/// once, so a new key can be rolled out before the old one is removed.
+#[derive(Clone)]
+pub struct AuditKeys(DigestSet<usize>);
+
+impl fmt::Debug for AuditKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditKeys")
+            .field("count", &self.0.entries.len())
+            .finish()
+    }
+}
+
+impl AuditKeys {
+    /// No keys: every audit read is refused.
+    pub fn none() -> Self {
+        Self(DigestSet {
+            entries: Vec::new(),
+        })
+    }
+
+    /// Parses `KEY_NEW,KEY_OLD`.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditKeysError`] naming the entry that is wrong.
+    pub fn parse(s: &str) -> Result<Self, AuditKeysError> {
+        let mut set = DigestSet {
+            entries: Vec::new(),
+        };
+        for (i, key) in s.split(',').enumerate() {
+            let key = key.trim();
+            if !valid_secret(key) {
+                return Err(AuditKeysError::Key(i + 1));
+            }
+            let d = digest(key.as_bytes());
+            if set.contains_digest(&d) {
+                return Err(AuditKeysError::Duplicate(i + 1));
+            }
+            set.entries.push((i + 1, d));
+        }
+        Ok(Self(set))
+    }
+
+    /// Whether no key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.entries.is_empty()
+    }
+
+    /// How many keys are configured.
+    pub fn len(&self) -> usize {
+        self.0.entries.len()
+    }
+
+    /// Whether `presented` is one of the keys, compared in constant time.
+    pub fn accepts(&self, presented: &str) -> bool {
+        self.matching(presented).is_some()
+    }
+
+    /// The 1-based position in `SOFIIA_AUDIT_KEYS` of the key `presented`
+    /// is, compared in constant time; audit events name the key by it, so a
+    /// rotation can confirm that the old key is no longer used.
+    pub fn matching(&self, presented: &str) -> Option<usize> {
+        self.0.find(presented).copied()
     }
 }
 
@@ -186,41 +287,95 @@ impl FromRequest for Operator {
     type Error = ApiError;
     type Future = std::future::Ready<Result<Self, Self::Error>>;
 
+    /// Synchronous on purpose: extractors of one handler run together, and
+    /// the 401 must win over any error of a body extracted beside it. The
+    /// refusal is audited by the request middleware (see [`Denied`]).
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(authenticate(req))
+        let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() else {
+            return std::future::ready(Err(ApiError::internal("application state is missing")));
+        };
+        let reason = match bearer_token(req) {
+            Err(reason) => reason,
+            Ok(token) => match state.operators.authenticate(token) {
+                Some(operator) => {
+                    req.extensions_mut().insert(Operator(operator.clone()));
+                    return std::future::ready(Ok(Operator(operator)));
+                }
+                None => "unknown",
+            },
+        };
+        crate::telemetry::flow_event(
+            &state.logger,
+            req,
+            "auth",
+            slog::o!("outcome" => "denied", "reason" => reason),
+        );
+        req.extensions_mut().insert(Denied(reason));
+        std::future::ready(Err(ApiError::unauthorized_operator()))
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Operator, ApiError> {
-    let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() else {
-        return Err(ApiError::internal("application state is missing"));
+/// Marks a request refused for authentication; the request middleware
+/// writes its `auth.denied` event before the answer leaves, and answers 503
+/// instead if the event cannot be written.
+#[derive(Debug, Clone, Copy)]
+pub struct Denied(pub &'static str);
+
+/// The bearer token of the request, or why there is none.
+fn bearer_token(req: &HttpRequest) -> Result<&str, &'static str> {
+    let Some(header) = req.headers().get(AUTHORIZATION) else {
+        return Err("missing");
     };
-    let header = req.headers().get(AUTHORIZATION);
-    let token = header
-        .and_then(|h| h.to_str().ok())
+    header
+        .to_str()
+        .ok()
         .and_then(|h| {
             let (scheme, token) = h.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
-        .filter(|t| !t.is_empty());
-    let reason = match (header, token) {
-        (None, _) => "missing",
-        (Some(_), None) => "malformed",
-        (Some(_), Some(token)) => match state.operators.authenticate(token) {
-            Some(operator) => {
-                req.extensions_mut().insert(Operator(operator.clone()));
-                return Ok(Operator(operator));
-            }
-            None => "unknown",
-        },
-    };
+        .filter(|t| !t.is_empty())
+        .ok_or("malformed")
+}
+
+/// Logs and audits a refused request (actor `anonymous`: no one was
+/// authenticated).
+///
+/// # Errors
+///
+/// A 503 problem if the refusal could not be audited.
+pub async fn deny(
+    state: &AppState,
+    req: &HttpRequest,
+    reason: &'static str,
+) -> Result<(), ApiError> {
     crate::telemetry::flow_event(
         &state.logger,
         req,
         "auth",
         slog::o!("outcome" => "denied", "reason" => reason),
     );
-    Err(ApiError::unauthorized_operator())
+    audit_denial(state, req, reason).await
+}
+
+/// Writes the `auth.denied` event of a refused request.
+///
+/// # Errors
+///
+/// A 503 problem if it could not be written.
+pub async fn audit_denial(
+    state: &AppState,
+    req: &HttpRequest,
+    reason: &'static str,
+) -> Result<(), ApiError> {
+    let target: String = req.path().chars().take(256).collect();
+    audit::record(
+        state,
+        &RequestMeta::of(req),
+        Event::new("anonymous", "auth.denied", target, Outcome::Denied)
+            .status(actix_web::http::StatusCode::UNAUTHORIZED)
+            .detail("reason", reason),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -264,6 +419,34 @@ mod tests {
             OperatorTokens::parse("alice:a b"),
             Err(TokensError::Token(1))
         ));
+    }
+
+    #[test]
+    fn audit_keys_accept_every_listed_key_and_nothing_else() {
+        let keys = AuditKeys::parse("key-new-1,key-old-2").unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.accepts("key-new-1"));
+        assert_eq!(keys.matching("key-old-2"), Some(2));
+        assert_eq!(keys.matching("key-new-1"), Some(1));
+        for bad in [
+            "",
+            "key-new",
+            "key-new-1 ",
+            "KEY-NEW-1",
+            "key-new-1,key-old-2",
+        ] {
+            assert!(!keys.accepts(bad), "{bad:?}");
+        }
+        assert!(!AuditKeys::none().accepts(""));
+        assert!(matches!(
+            AuditKeys::parse("a,,b"),
+            Err(AuditKeysError::Key(2))
+        ));
+        assert!(matches!(
+            AuditKeys::parse("a,a"),
+            Err(AuditKeysError::Duplicate(2))
+        ));
+        assert!(!format!("{keys:?}").contains("key-new"));
     }
 
     #[test]

@@ -10,10 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use deadpool_redis::redis::IntoConnectionInfo as _;
 use sofiia_core_domain::NodeId;
+use sofiia_ratelimit::Quota;
 use sofiia_router_client::NodesConfig;
 
-use crate::auth::OperatorTokens;
+use crate::auth::{AuditKeys, OperatorTokens};
+use crate::problem::error_chain;
 
 /// A setting that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -36,18 +39,6 @@ pub enum ConfigError {
     },
 }
 
-/// An error and its causes, joined: library errors keep details in `source()`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 fn invalid(variable: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         variable,
@@ -62,6 +53,24 @@ pub enum ChatIndexBackend {
     Sqlite,
     /// Process memory; lost on restart.
     InMemory,
+}
+
+/// Where idempotency keys or rate-limit buckets live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedBackend {
+    /// Process memory: exact for one instance only.
+    InMemory,
+    /// Redis (`SOFIIA_REDIS_URL`): exact across every instance sharing it.
+    Redis,
+}
+
+/// What a send does when the rate limiter's backend is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitFailMode {
+    /// Refuse the send with 503 (the default): limits are never bypassed.
+    Closed,
+    /// Let the send through unlimited, with a warning in the log.
+    Open,
 }
 
 /// Every setting of the console.
@@ -80,6 +89,29 @@ pub struct Settings {
     pub operator_tokens: Option<OperatorTokens>,
     /// `SOFIIA_CHAT_INDEX_BACKEND`.
     pub chat_index_backend: ChatIndexBackend,
+    /// `SOFIIA_REDIS_URL`: the Redis of every redis backend.
+    pub redis_url: String,
+    /// `SOFIIA_REDIS_PREFIX`: the prefix of every key the console writes,
+    /// so several deployments can share one Redis.
+    pub redis_prefix: String,
+    /// `SOFIIA_IDEMPOTENCY_BACKEND`.
+    pub idempotency_backend: SharedBackend,
+    /// `SOFIIA_IDEMPOTENCY_TTL_SECS`: how long a completed send is replayed.
+    pub idempotency_ttl: Duration,
+    /// `SOFIIA_IDEMPOTENCY_CAPACITY`: most keys the in-memory backend holds.
+    pub idempotency_capacity: usize,
+    /// `SOFIIA_RATE_LIMIT_BACKEND`.
+    pub rate_limit_backend: SharedBackend,
+    /// `SOFIIA_RATE_LIMIT_CHAT`: the per-chat quota.
+    pub rate_limit_chat: Quota,
+    /// `SOFIIA_RATE_LIMIT_OPERATOR`: the per-operator quota.
+    pub rate_limit_operator: Quota,
+    /// `SOFIIA_RATE_LIMIT_FAIL_MODE`.
+    pub rate_limit_fail_mode: RateLimitFailMode,
+    /// `SOFIIA_AUDIT_KEYS`: the keys `/api/audit` accepts; empty refuses all.
+    pub audit_keys: AuditKeys,
+    /// `SOFIIA_AUDIT_RETENTION_DAYS`: how long audit events are kept.
+    pub audit_retention_days: u32,
     /// `SOFIIA_WORKERS`: HTTP worker threads; `None` uses one per core.
     pub workers: Option<usize>,
     /// `SOFIIA_SHUTDOWN_TIMEOUT_SECS`: how long a graceful stop waits for
@@ -99,6 +131,17 @@ const KNOWN: &[&str] = &[
     "SOFIIA_INFER_TIMEOUT_MS",
     "SOFIIA_OPERATOR_TOKENS",
     "SOFIIA_CHAT_INDEX_BACKEND",
+    "SOFIIA_REDIS_URL",
+    "SOFIIA_REDIS_PREFIX",
+    "SOFIIA_IDEMPOTENCY_BACKEND",
+    "SOFIIA_IDEMPOTENCY_TTL_SECS",
+    "SOFIIA_IDEMPOTENCY_CAPACITY",
+    "SOFIIA_RATE_LIMIT_BACKEND",
+    "SOFIIA_RATE_LIMIT_CHAT",
+    "SOFIIA_RATE_LIMIT_OPERATOR",
+    "SOFIIA_RATE_LIMIT_FAIL_MODE",
+    "SOFIIA_AUDIT_KEYS",
+    "SOFIIA_AUDIT_RETENTION_DAYS",
     "SOFIIA_WORKERS",
     "SOFIIA_SHUTDOWN_TIMEOUT_SECS",
     "SOFIIA_CONFIG",
@@ -174,7 +217,7 @@ impl Settings {
         };
 
         let default_node = get("SOFIIA_DEFAULT_NODE")
-            .map(|v| NodeId::new(v).map_err(|e| invalid("SOFIIA_DEFAULT_NODE", chain(&e))))
+            .map(|v| NodeId::new(v).map_err(|e| invalid("SOFIIA_DEFAULT_NODE", error_chain(&e))))
             .transpose()?;
         let nodes = match get("SOFIIA_NODES") {
             None => {
@@ -194,12 +237,12 @@ impl Settings {
             }
             Some(v) => {
                 let nodes =
-                    NodesConfig::parse(v).map_err(|e| invalid("SOFIIA_NODES", chain(&e)))?;
+                    NodesConfig::parse(v).map_err(|e| invalid("SOFIIA_NODES", error_chain(&e)))?;
                 Some(match default_node {
                     None => nodes,
                     Some(node) => nodes
                         .with_default(node)
-                        .map_err(|e| invalid("SOFIIA_DEFAULT_NODE", chain(&e)))?,
+                        .map_err(|e| invalid("SOFIIA_DEFAULT_NODE", error_chain(&e)))?,
                 })
             }
         };
@@ -213,7 +256,8 @@ impl Settings {
 
         let operator_tokens = get("SOFIIA_OPERATOR_TOKENS")
             .map(|v| {
-                OperatorTokens::parse(v).map_err(|e| invalid("SOFIIA_OPERATOR_TOKENS", chain(&e)))
+                OperatorTokens::parse(v)
+                    .map_err(|e| invalid("SOFIIA_OPERATOR_TOKENS", error_chain(&e)))
             })
             .transpose()?;
 
@@ -227,6 +271,83 @@ impl Settings {
                 ));
             }
         };
+
+        let redis_url = get("SOFIIA_REDIS_URL")
+            .unwrap_or("redis://127.0.0.1:6379")
+            .to_owned();
+        if let Err(e) = redis_url.as_str().into_connection_info() {
+            return Err(invalid(
+                "SOFIIA_REDIS_URL",
+                format!("is not a Redis URL such as redis://127.0.0.1:6379 ({e})"),
+            ));
+        }
+        let redis_prefix = get("SOFIIA_REDIS_PREFIX").unwrap_or("sofiia:").to_owned();
+        if redis_prefix.is_empty()
+            || redis_prefix.len() > 64
+            || !redis_prefix.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "SOFIIA_REDIS_PREFIX",
+                "must be 1 to 64 visible ASCII characters",
+            ));
+        }
+
+        let idempotency_backend = shared_backend(
+            get("SOFIIA_IDEMPOTENCY_BACKEND"),
+            "SOFIIA_IDEMPOTENCY_BACKEND",
+        )?;
+        let idempotency_ttl = Duration::from_secs(parse_u64(
+            get("SOFIIA_IDEMPOTENCY_TTL_SECS"),
+            "SOFIIA_IDEMPOTENCY_TTL_SECS",
+            86_400,
+            1..=30 * 86_400,
+        )?);
+        let idempotency_capacity = usize::try_from(parse_u64(
+            get("SOFIIA_IDEMPOTENCY_CAPACITY"),
+            "SOFIIA_IDEMPOTENCY_CAPACITY",
+            100_000,
+            1..=100_000_000,
+        )?)
+        .unwrap_or(usize::MAX);
+
+        let rate_limit_backend = shared_backend(
+            get("SOFIIA_RATE_LIMIT_BACKEND"),
+            "SOFIIA_RATE_LIMIT_BACKEND",
+        )?;
+        let rate_limit_chat = quota(
+            get("SOFIIA_RATE_LIMIT_CHAT"),
+            "SOFIIA_RATE_LIMIT_CHAT",
+            "20/min",
+        )?;
+        let rate_limit_operator = quota(
+            get("SOFIIA_RATE_LIMIT_OPERATOR"),
+            "SOFIIA_RATE_LIMIT_OPERATOR",
+            "60/min",
+        )?;
+        let rate_limit_fail_mode = match get("SOFIIA_RATE_LIMIT_FAIL_MODE") {
+            None | Some("closed") => RateLimitFailMode::Closed,
+            Some("open") => RateLimitFailMode::Open,
+            Some(_) => {
+                return Err(invalid(
+                    "SOFIIA_RATE_LIMIT_FAIL_MODE",
+                    "must be `closed` or `open`",
+                ));
+            }
+        };
+
+        let audit_keys = match get("SOFIIA_AUDIT_KEYS") {
+            None => AuditKeys::none(),
+            Some(v) => {
+                AuditKeys::parse(v).map_err(|e| invalid("SOFIIA_AUDIT_KEYS", error_chain(&e)))?
+            }
+        };
+        let audit_retention_days = u32::try_from(parse_u64(
+            get("SOFIIA_AUDIT_RETENTION_DAYS"),
+            "SOFIIA_AUDIT_RETENTION_DAYS",
+            90,
+            1..=36_500,
+        )?)
+        .unwrap_or(90);
 
         let workers = get("SOFIIA_WORKERS")
             .map(|v| parse_u64(Some(v), "SOFIIA_WORKERS", 0, 1..=1024))
@@ -255,11 +376,50 @@ impl Settings {
             infer_timeout,
             operator_tokens,
             chat_index_backend,
+            redis_url,
+            redis_prefix,
+            idempotency_backend,
+            idempotency_ttl,
+            idempotency_capacity,
+            rate_limit_backend,
+            rate_limit_chat,
+            rate_limit_operator,
+            rate_limit_fail_mode,
+            audit_keys,
+            audit_retention_days,
             workers,
             shutdown_timeout,
             unknown_variables,
         })
     }
+}
+
+impl Settings {
+    /// Whether any backend uses Redis.
+    pub fn uses_redis(&self) -> bool {
+        self.idempotency_backend == SharedBackend::Redis
+            || self.rate_limit_backend == SharedBackend::Redis
+    }
+}
+
+fn shared_backend(
+    value: Option<&str>,
+    variable: &'static str,
+) -> Result<SharedBackend, ConfigError> {
+    match value {
+        None | Some("inmemory") => Ok(SharedBackend::InMemory),
+        Some("redis") => Ok(SharedBackend::Redis),
+        Some(_) => Err(invalid(variable, "must be `inmemory` or `redis`")),
+    }
+}
+
+fn quota(value: Option<&str>, variable: &'static str, default: &str) -> Result<Quota, ConfigError> {
+    value.unwrap_or(default).parse::<Quota>().map_err(|e| {
+        invalid(
+            variable,
+            format!("must be N/s, N/min or N/h with N a positive whole number ({e})"),
+        )
+    })
 }
 
 fn parse_u64(
@@ -346,6 +506,16 @@ mod tests {
         assert_eq!(s.infer_timeout, Duration::from_secs(30));
         assert!(s.operator_tokens.is_none());
         assert_eq!(s.chat_index_backend, ChatIndexBackend::Sqlite);
+        assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(s.idempotency_backend, SharedBackend::InMemory);
+        assert_eq!(s.idempotency_ttl, Duration::from_secs(86_400));
+        assert_eq!(s.rate_limit_backend, SharedBackend::InMemory);
+        assert_eq!(s.rate_limit_chat, "20/min".parse().unwrap());
+        assert_eq!(s.rate_limit_operator, "60/min".parse().unwrap());
+        assert_eq!(s.rate_limit_fail_mode, RateLimitFailMode::Closed);
+        assert!(s.audit_keys.is_empty());
+        assert_eq!(s.audit_retention_days, 90);
+        assert!(!s.uses_redis());
     }
 
     #[test]
@@ -385,6 +555,23 @@ mod tests {
             "SOFIIA_CHAT_INDEX_BACKEND"
         );
         assert_eq!(error_variable(&[("SOFIIA_WORKERS", "0")]), "SOFIIA_WORKERS");
+        for (var, bad) in [
+            ("SOFIIA_REDIS_URL", "localhost:6379"),
+            ("SOFIIA_REDIS_PREFIX", ""),
+            ("SOFIIA_IDEMPOTENCY_BACKEND", "memory"),
+            ("SOFIIA_IDEMPOTENCY_TTL_SECS", "0"),
+            ("SOFIIA_IDEMPOTENCY_CAPACITY", "lots"),
+            ("SOFIIA_RATE_LIMIT_BACKEND", "Redis"),
+            ("SOFIIA_RATE_LIMIT_CHAT", "20"),
+            ("SOFIIA_RATE_LIMIT_CHAT", "0/min"),
+            ("SOFIIA_RATE_LIMIT_OPERATOR", "60/day"),
+            ("SOFIIA_RATE_LIMIT_FAIL_MODE", "maybe"),
+            ("SOFIIA_AUDIT_KEYS", ""),
+            ("SOFIIA_AUDIT_KEYS", "a,a"),
+            ("SOFIIA_AUDIT_RETENTION_DAYS", "0"),
+        ] {
+            assert_eq!(error_variable(&[(var, bad)]), var, "{var}={bad:?}");
+        }
     }
 
     #[test]

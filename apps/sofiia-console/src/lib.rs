@@ -5,6 +5,7 @@
 //! [`server::build_state`] and [`server::start`]; end-to-end tests and
 //! embedders use the same functions.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod problem;
@@ -13,3 +14,4 @@ pub mod send;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod tools;

@@ -27,6 +27,29 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (the default).
     Serve,
+    /// Delete audit events older than the retention period, in batches.
+    PruneAudit(PruneArgs),
+    /// Verify the audit trail's hash chain; exit 1 at the first broken event.
+    AuditVerify,
+}
+
+#[derive(Debug, clap::Args)]
+struct PruneArgs {
+    /// Count what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep this many days (default: SOFIIA_AUDIT_RETENTION_DAYS, or 90).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    retention_days: Option<u32>,
+    /// Events deleted per transaction.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    batch_size: u32,
+    /// Pause between batches, so a running console keeps writing.
+    #[arg(long, default_value_t = 50)]
+    pause_ms: u64,
+    /// Rebuild the file afterwards to return freed space to the disk.
+    #[arg(long)]
+    vacuum: bool,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +69,8 @@ fn main() -> ExitCode {
     };
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings, logger),
+        Command::PruneAudit(args) => run_tool(&logger, prune_audit(&settings, &args)),
+        Command::AuditVerify => run_tool(&logger, audit_verify(&settings)),
     };
     drop(guard);
     code
@@ -71,4 +96,69 @@ fn serve(settings: Settings, logger: slog::Logger) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an offline command on a runtime of its own and reports its error.
+fn run_tool(
+    logger: &slog::Logger,
+    tool: impl std::future::Future<Output = Result<ExitCode, String>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(logger, "cannot start a runtime"; "error" => e.to_string());
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tool) {
+        Ok(code) => code,
+        Err(e) => {
+            error!(logger, "command failed"; "error" => e.as_str());
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("sofiia-console: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn prune_audit(settings: &Settings, args: &PruneArgs) -> Result<ExitCode, String> {
+    let retention_days = args.retention_days.unwrap_or(settings.audit_retention_days);
+    let report = sofiia_console::tools::prune_audit(
+        settings,
+        &sofiia_console::tools::PruneOptions {
+            dry_run: args.dry_run,
+            retention_days,
+            batch_size: args.batch_size,
+            pause: std::time::Duration::from_millis(args.pause_ms),
+            vacuum: args.vacuum,
+        },
+    )
+    .await
+    .map_err(|e| sofiia_console::problem::error_chain(&*e))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit_verify(settings: &Settings) -> Result<ExitCode, String> {
+    let (intact, line) = sofiia_console::tools::audit_verify(settings)
+        .await
+        .map_err(|e| sofiia_console::problem::error_chain(&*e))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{line}");
+    }
+    Ok(if intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

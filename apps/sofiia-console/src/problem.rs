@@ -16,6 +16,18 @@ use sofiia_chat_index::ChatIndexError;
 use sofiia_core_domain::ValidationError;
 use sofiia_router_client::RouterError;
 
+/// An error and its causes, joined by `: `, for log lines.
+pub fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -116,16 +128,7 @@ impl ApiError {
 
     /// The cause chain, joined for a log line.
     pub fn cause_chain(&self) -> Option<String> {
-        let mut cause: Option<&(dyn StdError + 'static)> = match &self.0.source {
-            Some(s) => Some(s.as_ref()),
-            None => None,
-        };
-        let mut parts = Vec::new();
-        while let Some(c) = cause {
-            parts.push(c.to_string());
-            cause = c.source();
-        }
-        (!parts.is_empty()).then(|| parts.join(": "))
+        self.0.source.as_deref().map(|s| error_chain(s))
     }
 
     /// 400 for input that failed a domain rule.

@@ -9,13 +9,20 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use slog::{Logger, info, warn};
 use sofiia_chat_index::{DynChatIndexStore, MemoryChatIndex, SqliteChatIndex};
-use sofiia_core_domain::SystemClock;
+use std::time::Duration;
+
+use sofiia_audit_store::{DynAuditStore, SqliteAuditStore};
+use sofiia_core_domain::{DynClock, SystemClock};
+use sofiia_idempotency::{
+    DynIdempotencyStore, Idempotency, MemoryIdempotencyStore, RedisIdempotencyStore,
+};
+use sofiia_ratelimit::{DynRateLimiter, MemoryRateLimiter, RedisRateLimiter};
 use sofiia_router_client::{DynNodeRouter, EchoRouter, HttpRouter, Instrumented};
 
 use crate::auth::{OperatorTokens, dev_tokens};
-use crate::config::{ChatIndexBackend, Settings};
+use crate::config::{ChatIndexBackend, Settings, SharedBackend};
 use crate::routes;
-use crate::state::AppState;
+use crate::state::{AppState, Quotas};
 use crate::telemetry::{metrics_handle, request_middleware};
 
 /// Why the console could not start.
@@ -32,6 +39,12 @@ pub enum StartError {
     /// The chat index could not be opened.
     #[error("chat index: {0}")]
     ChatIndex(#[from] sofiia_chat_index::ChatIndexError),
+    /// The audit store could not be opened.
+    #[error("audit store: {0}")]
+    Audit(#[from] sofiia_audit_store::AuditError),
+    /// The Redis pool could not be built.
+    #[error("redis: {0}")]
+    Redis(String),
     /// The node router could not be built.
     #[error("nodes: {0}")]
     Router(#[from] sofiia_router_client::ConfigError),
@@ -111,6 +124,54 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
         }
     };
 
+    let clock: Arc<DynClock> = Arc::new(SystemClock);
+    let redis = if settings.uses_redis() {
+        info!(logger, "redis backends enabled"; "prefix" => settings.redis_prefix.as_str());
+        Some(redis_pool(&settings.redis_url)?)
+    } else {
+        None
+    };
+
+    let idempotency_store: Arc<DynIdempotencyStore> = match (&redis, settings.idempotency_backend) {
+        (Some(pool), SharedBackend::Redis) => Arc::new(RedisIdempotencyStore::new(
+            pool.clone(),
+            settings.redis_prefix.clone(),
+        )),
+        _ => {
+            info!(logger, "idempotency: inmemory; keys are not shared between instances"; "capacity" => settings.idempotency_capacity);
+            Arc::new(MemoryIdempotencyStore::new(
+                clock.clone(),
+                settings.idempotency_capacity,
+            ))
+        }
+    };
+    // A lease outlives the longest send: the infer timeout plus time to
+    // store, audit and complete.
+    let lease_ttl = settings.infer_timeout + Duration::from_secs(60);
+    let idempotency = Idempotency::new(idempotency_store, lease_ttl, settings.idempotency_ttl);
+
+    let rate_limiter: Arc<DynRateLimiter> = match (&redis, settings.rate_limit_backend) {
+        (Some(pool), SharedBackend::Redis) => Arc::new(RedisRateLimiter::new(
+            pool.clone(),
+            settings.redis_prefix.clone(),
+        )),
+        _ => {
+            info!(logger, "rate limits: inmemory; quotas are per instance");
+            Arc::new(MemoryRateLimiter::new(clock.clone(), RATE_LIMIT_CAPACITY))
+        }
+    };
+
+    let audit_path = settings.data_dir.join(AUDIT_DB);
+    info!(logger, "audit store: sqlite"; "path" => audit_path.display().to_string());
+    let audit: Arc<DynAuditStore> = Arc::new(SqliteAuditStore::open(&audit_path).await?);
+    if settings.audit_keys.is_empty() {
+        warn!(
+            logger,
+            "SOFIIA_AUDIT_KEYS is unset: /api/audit answers 401 to everyone until a key is configured"
+        );
+    }
+    metrics::counter!(crate::audit::WRITE_FAILURES).increment(0);
+
     let metrics = metrics_handle();
     metrics::gauge!(
         "sofiia_build_info",
@@ -122,11 +183,45 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
     Ok(AppState {
         chat_index,
         router,
-        clock: Arc::new(SystemClock),
+        idempotency,
+        rate_limiter,
+        quotas: Quotas {
+            chat: settings.rate_limit_chat,
+            operator: settings.rate_limit_operator,
+            fail_mode: settings.rate_limit_fail_mode,
+        },
+        audit,
+        audit_keys: settings.audit_keys.clone(),
+        clock,
         operators,
         logger,
         metrics,
     })
+}
+
+/// The audit store's file in the data dir.
+pub const AUDIT_DB: &str = "audit.db";
+
+/// Most rate-limit buckets the in-memory limiter keeps; idle buckets are
+/// dropped first, and a dropped idle bucket is indistinguishable from a new one.
+const RATE_LIMIT_CAPACITY: usize = 100_000;
+
+/// One pool for every Redis backend, with timeouts short enough that an
+/// unreachable Redis answers 503 quickly instead of holding requests.
+///
+/// # Errors
+///
+/// [`StartError::Redis`] for a URL the pool cannot use.
+pub fn redis_pool(url: &str) -> Result<deadpool_redis::Pool, StartError> {
+    let mut config = deadpool_redis::Config::from_url(url);
+    let mut pool = deadpool_redis::PoolConfig::new(64);
+    pool.timeouts.wait = Some(Duration::from_secs(2));
+    pool.timeouts.create = Some(Duration::from_secs(2));
+    pool.timeouts.recycle = Some(Duration::from_secs(1));
+    config.pool = Some(pool);
+    config
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| StartError::Redis(e.to_string()))
 }
 
 /// The actix-web application over `state`: every route, the request

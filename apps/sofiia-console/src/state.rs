@@ -4,11 +4,26 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use slog::Logger;
+use sofiia_audit_store::DynAuditStore;
 use sofiia_chat_index::DynChatIndexStore;
 use sofiia_core_domain::DynClock;
+use sofiia_idempotency::Idempotency;
+use sofiia_ratelimit::{DynRateLimiter, Quota};
 use sofiia_router_client::DynNodeRouter;
 
-use crate::auth::OperatorTokens;
+use crate::auth::{AuditKeys, OperatorTokens};
+use crate::config::RateLimitFailMode;
+
+/// The send quotas and what to do when the limiter is unreachable.
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    /// Per chat.
+    pub chat: Quota,
+    /// Per operator.
+    pub operator: Quota,
+    /// Closed (503) or open (unlimited) when the limiter is unreachable.
+    pub fail_mode: RateLimitFailMode,
+}
 
 /// The console's composed services. Built once at start by
 /// [`crate::server::build_state`] and shared by every worker.
@@ -18,6 +33,16 @@ pub struct AppState {
     pub chat_index: Arc<DynChatIndexStore>,
     /// The inference nodes.
     pub router: Arc<DynNodeRouter>,
+    /// Idempotency keys of sends.
+    pub idempotency: Idempotency,
+    /// Send quotas.
+    pub rate_limiter: Arc<DynRateLimiter>,
+    /// The quotas it enforces.
+    pub quotas: Quotas,
+    /// The audit trail.
+    pub audit: Arc<DynAuditStore>,
+    /// Keys accepted by `/api/audit`.
+    pub audit_keys: AuditKeys,
     /// Where "now" comes from.
     pub clock: Arc<DynClock>,
     /// Who may call the operator endpoints.

@@ -216,6 +216,14 @@ pub async fn request_middleware(
     let logger = http_req
         .app_data::<actix_web::web::Data<crate::state::AppState>>()
         .map(|s| s.logger.clone());
+    // Copied out first: the extensions' borrow must not live across the await.
+    let denied = http_req.extensions().get::<crate::auth::Denied>().copied();
+    if let Some(crate::auth::Denied(reason)) = denied
+        && let Some(state) = http_req.app_data::<actix_web::web::Data<crate::state::AppState>>()
+        && let Err(unaudited) = crate::auth::audit_denial(state, &http_req, reason).await
+    {
+        res = res.into_response(unaudited.to_response(Some(&request_id)));
+    }
     let cause = res
         .response()
         .error()

@@ -21,6 +21,9 @@ async fn every_page_size_walks_each_item_exactly_once_with_one_timestamp() {
     let clock = Arc::new(ManualClock::default());
     let console = ConsoleBuilder::new()
         .var("SOFIIA_CHAT_INDEX_BACKEND", "sqlite")
+        // The clock is frozen, so quotas never refill: allow every send.
+        .var("SOFIIA_RATE_LIMIT_CHAT", "1000/min")
+        .var("SOFIIA_RATE_LIMIT_OPERATOR", "1000/min")
         .clock(clock.clone())
         .start()
         .await;

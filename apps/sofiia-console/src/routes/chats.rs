@@ -7,10 +7,12 @@ use slog::o;
 use sofiia_core_domain::{ChatId, ChatTitle, NewChat, NodeId};
 
 use super::{ListQuery, PageBody};
+use crate::audit::{self, Event, RequestMeta};
 use crate::auth::Operator;
 use crate::problem::ApiError;
 use crate::state::AppState;
 use crate::telemetry::{LogChatId, flow_event};
+use sofiia_audit_store::Outcome;
 
 /// The cursor scope of the chat list.
 const CHATS_SCOPE: &str = "chats";
@@ -31,7 +33,7 @@ pub(super) struct CreateChat {
 
 pub(super) async fn create(
     req: HttpRequest,
-    _operator: Operator,
+    operator: Operator,
     state: web::Data<AppState>,
     body: web::Json<CreateChat>,
 ) -> Result<HttpResponse, ApiError> {
@@ -61,6 +63,19 @@ pub(super) async fn create(
         })
         .await?;
     req.extensions_mut().insert(LogChatId(chat.id.to_string()));
+    audit::record(
+        &state,
+        &RequestMeta::of(&req),
+        Event::new(
+            operator.0.as_str(),
+            "chat.create",
+            chat.id.as_str(),
+            Outcome::Ok,
+        )
+        .status(actix_web::http::StatusCode::CREATED)
+        .node(chat.node.as_str()),
+    )
+    .await?;
     flow_event(
         &state.logger,
         &req,

@@ -8,6 +8,7 @@ use crate::problem::ApiError;
 
 pub use system::{GIT_SHA, VERSION};
 
+mod audit;
 mod chats;
 mod send;
 mod system;
@@ -37,7 +38,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/api/chats/{chat_id}/messages",
         web::get().to(chats::messages),
     )
-    .route("/api/chats/{chat_id}/send", web::post().to(send::send));
+    .route("/api/chats/{chat_id}/send", web::post().to(send::send))
+    .route("/api/audit", web::get().to(audit::read));
 }
 
 /// The fallback for paths no route matches.

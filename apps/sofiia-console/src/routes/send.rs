@@ -2,18 +2,20 @@
 
 use std::time::Instant;
 
-use actix_web::http::header::HeaderName;
-use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use slog::o;
 use sofiia_core_domain::{ChatId, NodeId, OperatorText};
-use sofiia_idempotency::IdempotencyKey;
+use sofiia_idempotency::{IdempotencyKey, StoredResponse};
 
+use crate::audit::RequestMeta;
 use crate::auth::Operator;
 use crate::problem::ApiError;
-use crate::send::{SendRequest, execute};
+use crate::send::{self, SendAnswer, SendRequest};
 use crate::state::AppState;
-use crate::telemetry::{RequestId, flow_event};
+use crate::telemetry::flow_event;
 
 /// The idempotency key header.
 pub(super) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -61,38 +63,44 @@ pub(super) async fn send(
     let body = body.into_inner();
     let text = OperatorText::new(body.text)?;
     let node = body.node.map(NodeId::new).transpose()?;
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
 
     let started = Instant::now();
-    let result = execute(
-        &state,
+    let result = send::run(
+        state.get_ref().clone(),
         SendRequest {
             chat_id,
             operator: operator.0,
             text,
             node,
             idempotency_key,
-            request_id,
+            meta: RequestMeta::of(&req),
         },
     )
     .await;
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match result {
-        Ok(receipt) => {
+        Ok(SendAnswer::Sent { response, quotas }) => {
             flow_event(
                 &state.logger,
                 &req,
                 "send",
-                o!("outcome" => "ok", "node" => receipt.node.to_string(), "status" => 200, "latency_ms" => latency_ms),
+                o!("outcome" => "ok", "status" => response.status, "latency_ms" => latency_ms),
             );
-            Ok(HttpResponse::Ok().json(receipt))
+            let mut res = stored(&response);
+            for (name, value) in send::rate_limit_headers(&quotas) {
+                res.headers_mut().insert(name, value);
+            }
+            Ok(res)
         }
-        Err(e) => {
-            let error = ApiError::from(e);
+        Ok(SendAnswer::Replayed(response)) => {
+            let mut res = stored(&response);
+            res.headers_mut().insert(
+                HeaderName::from_static("idempotent-replayed"),
+                HeaderValue::from_static("true"),
+            );
+            Ok(res)
+        }
+        Err(error) => {
             flow_event(
                 &state.logger,
                 &req,
@@ -102,4 +110,14 @@ pub(super) async fn send(
             Err(error)
         }
     }
+}
+
+/// The stored answer as an HTTP response, byte for byte.
+fn stored(response: &StoredResponse) -> HttpResponse {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
+    let mut res = HttpResponse::build(status);
+    for (name, value) in &response.headers {
+        res.insert_header((name.as_str(), value.as_str()));
+    }
+    res.body(response.body.clone())
 }

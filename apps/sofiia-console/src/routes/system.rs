@@ -34,9 +34,17 @@ fn check_result<E: std::fmt::Display>(
 /// reported too, but do not decide readiness: a console whose node is down
 /// still serves its chats, and answers sends with 502 until the node returns.
 pub(super) async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let chat_index = tokio::time::timeout(CHECK_TIMEOUT, state.chat_index.check()).await;
+    let (chat_index, idempotency, rate_limiter, audit) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, state.chat_index.check()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.idempotency.store().check()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.rate_limiter.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.audit.check()),
+    );
     let mut checks = Map::new();
     checks.insert("chat_index".into(), check_result(chat_index));
+    checks.insert("idempotency".into(), check_result(idempotency));
+    checks.insert("rate_limiter".into(), check_result(rate_limiter));
+    checks.insert("audit".into(), check_result(audit));
     let ready = checks.values().all(|c| c["status"] == "ok");
 
     let probes = state.router.nodes().iter().map(|node| {

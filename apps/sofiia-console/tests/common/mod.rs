@@ -21,6 +21,8 @@ use tempfile::TempDir;
 
 pub const ALICE: &str = "alice-token-0001";
 pub const BOB: &str = "bob-token-00002";
+pub const AUDIT_KEY: &str = "audit-key-new-0001";
+pub const AUDIT_KEY_OLD: &str = "audit-key-old-0002";
 
 /// Log lines written by a console under test.
 #[derive(Clone, Default)]
@@ -80,6 +82,7 @@ pub async fn stub_with(name: &str, delay: Duration, fail_status: Option<u16>) ->
 pub struct ConsoleBuilder {
     vars: BTreeMap<String, String>,
     clock: Option<Arc<DynClock>>,
+    audit: Option<Arc<sofiia_audit_store::DynAuditStore>>,
     dir: TempDir,
 }
 
@@ -97,10 +100,15 @@ impl ConsoleBuilder {
             format!("alice:{ALICE},bob:{BOB}"),
         );
         vars.insert("SOFIIA_WORKERS".into(), "2".into());
+        vars.insert(
+            "SOFIIA_AUDIT_KEYS".into(),
+            format!("{AUDIT_KEY},{AUDIT_KEY_OLD}"),
+        );
         vars.insert("SOFIIA_SHUTDOWN_TIMEOUT_SECS".into(), "1".into());
         Self {
             vars,
             clock: None,
+            audit: None,
             dir,
         }
     }
@@ -124,9 +132,33 @@ impl ConsoleBuilder {
         self.var("SOFIIA_NODES", &list)
     }
 
+    /// Replaces the audit store (for failure injection).
+    pub fn audit(mut self, audit: Arc<sofiia_audit_store::DynAuditStore>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
     pub fn clock(mut self, clock: Arc<DynClock>) -> Self {
         self.clock = Some(clock);
         self
+    }
+
+    /// Every backend that can use Redis uses the test Redis, under the
+    /// context's prefix.
+    pub fn redis(self, ctx: &sofiia_testkit::RedisTestContext) -> Self {
+        self.redis_at(&ctx.url, &ctx.prefix)
+    }
+
+    pub fn redis_at(self, url: &str, prefix: &str) -> Self {
+        self.var("SOFIIA_REDIS_URL", url)
+            .var("SOFIIA_REDIS_PREFIX", prefix)
+            .var("SOFIIA_IDEMPOTENCY_BACKEND", "redis")
+            .var("SOFIIA_RATE_LIMIT_BACKEND", "redis")
+    }
+
+    /// The data dir, to share it with a second console.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().to_owned()
     }
 
     pub async fn start(self) -> Console {
@@ -136,6 +168,9 @@ impl ConsoleBuilder {
         let mut state = server::build_state(&settings, logger).await.unwrap();
         if let Some(clock) = self.clock {
             state.clock = clock;
+        }
+        if let Some(audit) = self.audit {
+            state.audit = audit;
         }
         let server = server::start(&settings, state.clone()).unwrap();
         Console {
@@ -288,6 +323,46 @@ impl Console {
             }
         }
         items
+    }
+
+    /// The audit trail as `/api/audit` returns it, newest first, every page.
+    pub async fn audit_events(&self, query: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("/api/audit?limit=200{query}");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let page = self
+                .request(Method::GET, &url, None, &[("x-audit-key", AUDIT_KEY)], None)
+                .await;
+            assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+            let page = page.json();
+            items.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        items
+    }
+
+    /// The value of a counter or gauge line of `/metrics`, or 0.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self
+            .request(Method::GET, "/metrics", None, &[], None)
+            .await
+            .text;
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub async fn stop(mut self) {

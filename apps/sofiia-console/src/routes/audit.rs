@@ -1,0 +1,160 @@
+//! `GET /api/audit`: the audit trail, for holders of an audit key only.
+//!
+//! The key is compared in constant time against every configured key. There
+//! is no other way in: not from loopback, not through forwarding headers, not
+//! with an operator token.
+
+use actix_web::http::header::HeaderName;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use slog::o;
+use sofiia_audit_store::{AuditQuery, Outcome};
+use sofiia_core_domain::{Cursor, Field, PageLimit, Timestamp, ValidationError};
+
+use super::PageBody;
+use crate::audit::{self, Event, RequestMeta};
+use crate::auth::deny;
+use crate::problem::ApiError;
+use crate::state::AppState;
+use crate::telemetry::flow_event;
+
+/// The header carrying the audit key.
+const AUDIT_KEY: HeaderName = HeaderName::from_static("x-audit-key");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+fn filter(value: Option<String>, name: &'static str) -> Result<Option<String>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(v) if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(v))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "invalid-query",
+            format!("{name} must be 1 to 128 visible ASCII characters"),
+        )
+        .with_extension("field", name)),
+    }
+}
+
+fn time(value: Option<String>, name: &'static str) -> Result<Option<Timestamp>, ApiError> {
+    value
+        .map(|v| {
+            Timestamp::parse_rfc3339(&v)
+                .map_err(|e| ApiError::from(e).with_extension("field", name))
+        })
+        .transpose()
+}
+
+/// Cursors are bound to the filters they were issued under: a cursor from
+/// another filter set would silently skip or repeat events.
+fn scope(q: &AuditQuery) -> String {
+    let mut h = Sha256::new();
+    for part in [q.actor.as_deref(), q.action.as_deref()] {
+        h.update(part.unwrap_or("\u{0}").as_bytes());
+        h.update(b"\x1f");
+    }
+    for t in [q.since, q.until] {
+        h.update(t.map_or(-1, Timestamp::as_unix_millis).to_be_bytes());
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("audit:{hex}")
+}
+
+pub(super) async fn read(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    params: web::Query<AuditParams>,
+) -> Result<HttpResponse, ApiError> {
+    let presented = req.headers().get(&AUDIT_KEY).and_then(|v| v.to_str().ok());
+    let key = match presented {
+        None => None,
+        Some(k) => state.audit_keys.matching(k),
+    };
+    let Some(key) = key else {
+        let reason = if presented.is_none() {
+            "missing"
+        } else {
+            "invalid"
+        };
+        deny(&state, &req, reason).await?;
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "a valid audit key is required: X-Audit-Key: <key>",
+        ));
+    };
+
+    let params = params.into_inner();
+    let mut query = AuditQuery {
+        actor: filter(params.actor, "actor")?,
+        action: filter(params.action, "action")?,
+        since: time(params.since, "since")?,
+        until: time(params.until, "until")?,
+        limit: params
+            .limit
+            .as_deref()
+            .map(PageLimit::parse)
+            .transpose()?
+            .unwrap_or_default(),
+        before_id: None,
+    };
+    let scope = scope(&query);
+    if let Some(cursor) = params.cursor.as_deref() {
+        let cursor = Cursor::decode(cursor, &scope)?;
+        let id = cursor.id().parse::<u64>().map_err(|_| {
+            ApiError::from(ValidationError::Malformed {
+                field: Field::Cursor,
+                reason: "is not a cursor this list issued",
+            })
+        })?;
+        query.before_id = Some(id);
+    }
+
+    // Audited before anything is read: a read that cannot be recorded is
+    // not served.
+    let actor = format!("audit-key:{key}");
+    audit::record(
+        &state,
+        &RequestMeta::of(&req),
+        Event::new(&actor, "audit.read", "audit", Outcome::Ok)
+            .status(actix_web::http::StatusCode::OK),
+    )
+    .await?;
+    let page = state.audit.read(&query).await.map_err(|e| {
+        ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "Service unavailable",
+            "the audit store is unavailable; retry later",
+        )
+        .with_retry_after(std::time::Duration::from_secs(1))
+        .with_source(e)
+    })?;
+    flow_event(
+        &state.logger,
+        &req,
+        "pagination",
+        o!(
+            "list" => "audit",
+            "actor" => actor,
+            "limit" => query.limit.get(),
+            "cursor" => query.before_id.is_some(),
+            "items" => page.items.len(),
+            "has_next" => page.next.is_some(),
+        ),
+    );
+    Ok(HttpResponse::Ok().json(PageBody::new(page, &scope)))
+}

@@ -1,0 +1,694 @@
+//! The Redis backend: one state per key, shared by every instance.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::redis::{self, ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use deadpool_redis::{Connection, Pool, PoolError};
+use tokio::time::{Instant, timeout_at};
+
+use crate::fingerprint::{to_hex, ttl_millis};
+use crate::{
+    Fingerprint, IdempotencyError, IdempotencyStore, Lease, LeaseToken, Reservation, Result,
+    ScopedKey, StoredResponse,
+};
+
+/// Keys in a Redis shared by any number of instances.
+///
+/// # Layout
+///
+/// One hash per scoped key, named
+/// `{prefix}idem:{hex(SHA-256(u64_be(len(principal)) || principal || key))}`
+/// (neither the principal nor the client's key is stored in clear), with
+/// the fields:
+///
+/// | field | in flight | completed |
+/// | --- | --- | --- |
+/// | `state` | `inflight` | `completed` |
+/// | `fingerprint` | 32 bytes | 32 bytes |
+/// | `token` | 16 bytes | (removed) |
+/// | `status` | | decimal, e.g. `200` |
+/// | `headers` | | version byte `1`, then per header `u32_be` length + name, `u32_be` length + value |
+/// | `body` | | the bytes |
+///
+/// Every key has a TTL: the lease while in flight, the result TTL once
+/// completed. A lease expires by its key expiring, on the Redis server's
+/// clock, so instances need no synchronised clocks.
+///
+/// # Atomicity
+///
+/// Each operation is one Lua script (`EVALSHA`, loaded on first use and
+/// again after a Redis restart), so no two instances can interleave inside
+/// one: reserve reads and, if the key is free, takes it; complete and release
+/// compare the lease token first (fencing) and change nothing on a mismatch.
+/// Each script touches exactly one key, so the layout also suits a Redis
+/// Cluster. Redis 5 or later is needed (multi-field `HSET`, and scripts
+/// replicated by their effects).
+///
+/// # Failures
+///
+/// Every operation, waiting for a pooled connection included, is bounded by
+/// the operation timeout (2 s unless [set](Self::with_op_timeout)); a Redis
+/// that is down, refuses connections or hangs gives
+/// [`IdempotencyError::Unavailable`], never a hang. A connection that failed
+/// or timed out is dropped rather than returned to the pool, and the pool
+/// opens new ones, so the store recovers by itself when Redis comes back.
+pub struct RedisIdempotencyStore {
+    pool: Pool,
+    prefix: String,
+    op_timeout: Duration,
+    reserve: Script,
+    complete: Script,
+    release: Script,
+}
+
+/// `KEYS[1]` the key; `ARGV`: fingerprint, new token, lease in ms.
+///
+/// Replies `{'acquired'}`, `{'mismatch'}`, `{'inflight', pttl}` or
+/// `{'completed', status, headers, body}`.
+const RESERVE: &str = r"
+local key = KEYS[1]
+local found = redis.call('HMGET', key, 'state', 'fingerprint')
+if not found[1] then
+  -- Free (absent or expired). DEL drops stray fields of a damaged hash.
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'state', 'inflight', 'fingerprint', ARGV[1], 'token', ARGV[2])
+  redis.call('PEXPIRE', key, ARGV[3])
+  return {'acquired'}
+end
+if found[2] ~= ARGV[1] then
+  return {'mismatch'}
+end
+if found[1] == 'inflight' then
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then
+    -- No TTL would hold the key forever; every write sets one, but repair
+    -- rather than trust that.
+    redis.call('PEXPIRE', key, ARGV[3])
+    ttl = tonumber(ARGV[3])
+  end
+  return {'inflight', ttl}
+end
+local result = redis.call('HMGET', key, 'status', 'headers', 'body')
+return {'completed', result[1], result[2], result[3]}
+";
+
+/// `KEYS[1]` the key; `ARGV`: token, result TTL in ms, status, headers,
+/// body. Replies 1 if stored, 0 if the lease does not hold the key.
+const COMPLETE: &str = r"
+local key = KEYS[1]
+local found = redis.call('HMGET', key, 'state', 'token')
+if found[1] ~= 'inflight' or found[2] ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', key, 'state', 'completed', 'status', ARGV[3], 'headers', ARGV[4], 'body', ARGV[5])
+redis.call('HDEL', key, 'token')
+redis.call('PEXPIRE', key, ARGV[2])
+return 1
+";
+
+/// `KEYS[1]` the key; `ARGV[1]` the token. Replies 1 if released, 0 if the
+/// lease does not hold the key.
+const RELEASE: &str = r"
+local found = redis.call('HMGET', KEYS[1], 'state', 'token')
+if found[1] ~= 'inflight' or found[2] ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+/// Failures of this backend, converted into [`IdempotencyError`] by kind.
+#[derive(Debug, thiserror::Error)]
+enum RedisStoreError {
+    #[error("no Redis connection could be had from the pool")]
+    Pool(#[from] PoolError),
+    #[error("the Redis command failed")]
+    Redis(#[from] RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected reply from the idempotency script: {0}")]
+    Reply(&'static str),
+}
+
+impl RedisStoreError {
+    /// Whether a retry later may succeed: Redis is down, unreachable,
+    /// overloaded, loading or failing over. Everything else (a script error,
+    /// a reply that does not parse, a key of the wrong type) needs a person.
+    fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Timeout(_) => true,
+            Self::Pool(PoolError::Backend(e)) | Self::Redis(e) => is_transient(e),
+            Self::Pool(PoolError::Timeout(_) | PoolError::Closed) => true,
+            Self::Pool(_) | Self::Reply(_) => false,
+        }
+    }
+}
+
+fn is_transient(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
+        )
+        // A script running past `busy-reply-threshold`.
+        || e.code() == Some("BUSY")
+}
+
+/// Whether the connection that produced `e` must not be used again.
+fn is_broken(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_unrecoverable_error()
+}
+
+impl From<RedisStoreError> for IdempotencyError {
+    fn from(e: RedisStoreError) -> Self {
+        if e.is_unavailable() {
+            IdempotencyError::Unavailable {
+                source: Box::new(e),
+            }
+        } else {
+            IdempotencyError::Backend {
+                source: Box::new(e),
+            }
+        }
+    }
+}
+
+impl RedisIdempotencyStore {
+    /// The operation timeout unless set otherwise.
+    pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// A store on `pool`, naming its keys `{prefix}idem:...`. Give every
+    /// deployment sharing one Redis its own prefix (such as `sofiia:`), and
+    /// every instance of one deployment the same.
+    pub fn new(pool: Pool, prefix: impl Into<String>) -> Self {
+        Self {
+            pool,
+            prefix: prefix.into(),
+            op_timeout: Self::DEFAULT_OP_TIMEOUT,
+            reserve: Script::new(RESERVE),
+            complete: Script::new(COMPLETE),
+            release: Script::new(RELEASE),
+        }
+    }
+
+    /// Sets the longest an operation may take, waiting for a connection
+    /// included, before it fails with [`IdempotencyError::Unavailable`].
+    #[must_use]
+    pub fn with_op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// The operation timeout.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn redis_key(&self, key: &ScopedKey) -> String {
+        format!("{}idem:{}", self.prefix, to_hex(&key.digest()))
+    }
+
+    /// Runs `invocation` within the operation timeout.
+    async fn invoke(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Value, RedisStoreError> {
+        let deadline = Instant::now() + self.op_timeout;
+        let mut conn = self.connection(deadline).await?;
+        let result = timeout_at(deadline, invocation.invoke_async(&mut conn)).await;
+        self.settle(conn, result)
+    }
+
+    async fn connection(&self, deadline: Instant) -> Result<Connection, RedisStoreError> {
+        match timeout_at(deadline, self.pool.get()).await {
+            Ok(conn) => Ok(conn?),
+            Err(_) => Err(RedisStoreError::Timeout(self.op_timeout)),
+        }
+    }
+
+    /// Unwraps a timed command's result. A connection that timed out or
+    /// failed at the connection level is taken out of the pool and dropped:
+    /// a late reply could still be in its pipe, and a dead one would fail
+    /// every borrower until the pool's next health check.
+    fn settle<T>(
+        &self,
+        conn: Connection,
+        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, RedisStoreError> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if is_broken(&e) {
+                    drop(Connection::take(conn));
+                }
+                Err(e.into())
+            }
+            Err(_) => {
+                drop(Connection::take(conn));
+                Err(RedisStoreError::Timeout(self.op_timeout))
+            }
+        }
+    }
+
+    async fn ping(&self) -> Result<(), RedisStoreError> {
+        let deadline = Instant::now() + self.op_timeout;
+        let mut conn = self.connection(deadline).await?;
+        let result = timeout_at(
+            deadline,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        let pong = self.settle(conn, result)?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(RedisStoreError::Reply("PING did not answer PONG"))
+        }
+    }
+}
+
+fn millis_arg(ttl: Duration) -> u64 {
+    // Lua numbers are doubles: beyond 2^53 ms (285 000 years) precision
+    // would go, so cap there.
+    ttl_millis(ttl).min(1 << 53)
+}
+
+#[async_trait]
+impl IdempotencyStore for RedisIdempotencyStore {
+    async fn reserve(
+        &self,
+        key: &ScopedKey,
+        fingerprint: &Fingerprint,
+        lease_ttl: Duration,
+    ) -> Result<Reservation> {
+        let token = LeaseToken::random()?;
+        let reply = self
+            .invoke(
+                self.reserve
+                    .key(self.redis_key(key))
+                    .arg(&fingerprint.0[..])
+                    .arg(&token.0[..])
+                    .arg(millis_arg(lease_ttl)),
+            )
+            .await?;
+        Ok(parse_reservation(reply, token, lease_ttl)?)
+    }
+
+    async fn complete(
+        &self,
+        key: &ScopedKey,
+        lease: &LeaseToken,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<()> {
+        let reply = self
+            .invoke(
+                self.complete
+                    .key(self.redis_key(key))
+                    .arg(&lease.0[..])
+                    .arg(millis_arg(ttl))
+                    .arg(response.status)
+                    .arg(encode_headers(&response.headers))
+                    .arg(&response.body[..]),
+            )
+            .await?;
+        held(reply)
+    }
+
+    async fn release(&self, key: &ScopedKey, lease: &LeaseToken) -> Result<()> {
+        let reply = self
+            .invoke(self.release.key(self.redis_key(key)).arg(&lease.0[..]))
+            .await?;
+        held(reply)
+    }
+
+    async fn check(&self) -> Result<()> {
+        Ok(self.ping().await?)
+    }
+}
+
+/// The reply of complete or release: 1 done, 0 the lease does not hold.
+fn held(reply: Value) -> Result<()> {
+    match reply {
+        Value::Int(1) => Ok(()),
+        Value::Int(0) => Err(IdempotencyError::LeaseLost),
+        _ => Err(RedisStoreError::Reply("complete or release did not answer 0 or 1").into()),
+    }
+}
+
+fn parse_reservation(
+    reply: Value,
+    token: LeaseToken,
+    lease_ttl: Duration,
+) -> Result<Reservation, RedisStoreError> {
+    let Value::Array(items) = reply else {
+        return Err(RedisStoreError::Reply("reserve did not answer an array"));
+    };
+    let mut items = items.into_iter();
+    let tag = items.next().and_then(bytes);
+    Ok(match tag.as_deref() {
+        Some(b"acquired") => Reservation::Acquired(Lease {
+            token,
+            ttl: lease_ttl,
+        }),
+        Some(b"mismatch") => Reservation::Mismatch,
+        Some(b"inflight") => match items.next() {
+            Some(Value::Int(ms)) => Reservation::InFlight {
+                lease_remaining: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+            },
+            _ => return Err(RedisStoreError::Reply("in flight without a TTL")),
+        },
+        Some(b"completed") => {
+            let (Some(status), Some(headers), Some(body)) = (
+                items.next().and_then(bytes),
+                items.next().and_then(bytes),
+                items.next().and_then(bytes),
+            ) else {
+                return Err(RedisStoreError::Reply("a completed entry lacks a field"));
+            };
+            let status = std::str::from_utf8(&status)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+                .ok_or(RedisStoreError::Reply("a stored status is not a number"))?;
+            Reservation::Completed(StoredResponse {
+                status,
+                headers: decode_headers(&headers)?,
+                body,
+            })
+        }
+        _ => return Err(RedisStoreError::Reply("reserve answered an unknown state")),
+    })
+}
+
+fn bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+/// The format's version, first byte of every encoded header list, so that a
+/// later format can be told apart from this one.
+const HEADERS_V1: u8 = 1;
+
+fn encode_headers(headers: &[(String, String)]) -> Vec<u8> {
+    let len: usize = headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(1 + len);
+    out.push(HEADERS_V1);
+    for (name, value) in headers {
+        for part in [name, value] {
+            // Header names and values are far below 4 GiB; saturating keeps
+            // a pathological one from wrapping into a valid-looking length.
+            let n = u32::try_from(part.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
+    out
+}
+
+fn decode_headers(mut buf: &[u8]) -> Result<Vec<(String, String)>, RedisStoreError> {
+    const BAD: RedisStoreError = RedisStoreError::Reply("stored headers do not decode");
+    let Some((&HEADERS_V1, rest)) = buf.split_first() else {
+        return Err(BAD);
+    };
+    buf = rest;
+    let take = |buf: &mut &[u8]| -> Result<String, RedisStoreError> {
+        let (len, rest) = buf.split_first_chunk::<4>().ok_or(BAD)?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| BAD)?;
+        if rest.len() < len {
+            return Err(BAD);
+        }
+        let (text, rest) = rest.split_at(len);
+        *buf = rest;
+        String::from_utf8(text.to_vec()).map_err(|_| BAD)
+    };
+    let mut headers = Vec::new();
+    while !buf.is_empty() {
+        let name = take(&mut buf)?;
+        let value = take(&mut buf)?;
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
+impl fmt::Debug for RedisIdempotencyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisIdempotencyStore")
+            .field("prefix", &self.prefix)
+            .field("op_timeout", &self.op_timeout)
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sofiia_testkit::{RedisServer, RedisTestContext};
+
+    use super::*;
+    use crate::IdempotencyKey;
+    use crate::testing::{LONG_TTL, RealTime, TestStore};
+
+    async fn fresh_store() -> Option<TestStore> {
+        let redis = RedisTestContext::new("sofiia-idempotency redis suite").await?;
+        let store = RedisIdempotencyStore::new(redis.pool.clone(), redis.prefix.clone());
+        // The context deletes the prefix's keys when the case ends.
+        Some(TestStore::with_guard(store, RealTime, redis))
+    }
+
+    crate::idempotency_store_tests!(fresh_store);
+
+    fn key(n: usize) -> ScopedKey {
+        ScopedKey::new(
+            "alice",
+            IdempotencyKey::new(format!("key-{n:08}")).expect("valid key"),
+        )
+    }
+
+    fn fp(s: &str) -> Fingerprint {
+        Fingerprint::builder().part(s).finish()
+    }
+
+    fn response() -> StoredResponse {
+        StoredResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: b"{}".to_vec(),
+        }
+    }
+
+    async fn acquire(store: &RedisIdempotencyStore, k: &ScopedKey) -> LeaseToken {
+        match store.reserve(k, &fp("a"), LONG_TTL).await.unwrap() {
+            Reservation::Acquired(lease) => lease.token,
+            other => panic!("expected Acquired, got {other:?}"),
+        }
+    }
+
+    fn is_unavailable<T: fmt::Debug>(r: &Result<T>) -> bool {
+        matches!(r, Err(IdempotencyError::Unavailable { .. }))
+    }
+
+    #[test]
+    fn headers_round_trip_and_decoding_is_strict() {
+        let headers = vec![
+            ("content-type".to_owned(), "text/plain".to_owned()),
+            ("x-empty".to_owned(), String::new()),
+            ("x-ü".to_owned(), "✓".to_owned()),
+        ];
+        let encoded = encode_headers(&headers);
+        assert_eq!(decode_headers(&encoded).unwrap(), headers);
+        assert_eq!(decode_headers(&encode_headers(&[])).unwrap(), vec![]);
+        assert!(decode_headers(&[]).is_err());
+        assert!(decode_headers(&[2]).is_err());
+        assert!(decode_headers(&encoded[..encoded.len() - 1]).is_err());
+        // A name without its value.
+        assert!(decode_headers(&[1, 0, 0, 0, 1, b'a']).is_err());
+        // A length past the end.
+        assert!(decode_headers(&[1, 0, 0, 1, 0, b'a']).is_err());
+        // Invalid UTF-8.
+        assert!(decode_headers(&[1, 0, 0, 0, 1, 0xff, 0, 0, 0, 0]).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_key_written_has_a_ttl() {
+        let Some(redis) = RedisTestContext::new("every_key_written_has_a_ttl").await else {
+            return;
+        };
+        let store = RedisIdempotencyStore::new(redis.pool.clone(), redis.prefix.clone());
+        // In flight.
+        acquire(&store, &key(0)).await;
+        // Completed.
+        let token = acquire(&store, &key(1)).await;
+        store
+            .complete(&key(1), &token, &response(), LONG_TTL)
+            .await
+            .unwrap();
+        // Replayed and mismatched (reads must not drop the TTL).
+        store.reserve(&key(1), &fp("a"), LONG_TTL).await.unwrap();
+        store.reserve(&key(1), &fp("b"), LONG_TTL).await.unwrap();
+        store.reserve(&key(0), &fp("a"), LONG_TTL).await.unwrap();
+        // Released (gone), and failed fenced writes (nothing created).
+        let token = acquire(&store, &key(2)).await;
+        store.release(&key(2), &token).await.unwrap();
+        let _ = store.complete(&key(3), &token, &response(), LONG_TTL).await;
+        let _ = store.release(&key(4), &token).await;
+
+        let mut conn = redis.pool.get().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", redis.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        for k in &keys {
+            let suffix = k.strip_prefix(&redis.prefix).unwrap();
+            let digest = suffix.strip_prefix("idem:").unwrap();
+            assert_eq!(digest.len(), 64);
+            assert!(!k.contains("alice") && !k.contains("key-0"), "{k}");
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(k)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(ttl > 0, "{k} has PTTL {ttl}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damaged_entries_are_backend_errors() {
+        let Some(redis) = RedisTestContext::new("damaged_entries_are_backend_errors").await else {
+            return;
+        };
+        let store = RedisIdempotencyStore::new(redis.pool.clone(), redis.prefix.clone());
+        let mut conn = redis.pool.get().await.unwrap();
+
+        // A key of the wrong type: the script fails.
+        let _: () = redis::cmd("SET")
+            .arg(store.redis_key(&key(0)))
+            .arg("x")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let r = store.reserve(&key(0), &fp("a"), LONG_TTL).await;
+        assert!(matches!(r, Err(IdempotencyError::Backend { .. })), "{r:?}");
+
+        // Completed, with headers that do not decode.
+        let token = acquire(&store, &key(1)).await;
+        store
+            .complete(&key(1), &token, &response(), LONG_TTL)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(store.redis_key(&key(1)))
+            .arg("headers")
+            .arg(&[9u8, 9, 9][..])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let r = store.reserve(&key(1), &fp("a"), LONG_TTL).await;
+        assert!(matches!(r, Err(IdempotencyError::Backend { .. })), "{r:?}");
+        // The connection survived both: script errors do not break it.
+        store.check().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_redis_is_unavailable() {
+        // A port nothing listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let pool = sofiia_testkit::pool(&format!("redis://127.0.0.1:{port}"));
+        let store = RedisIdempotencyStore::new(pool, "stopped:");
+        let token = LeaseToken([1; 16]);
+        assert!(is_unavailable(
+            &store.reserve(&key(0), &fp("a"), LONG_TTL).await
+        ));
+        assert!(is_unavailable(
+            &store.complete(&key(0), &token, &response(), LONG_TTL).await
+        ));
+        assert!(is_unavailable(&store.release(&key(0), &token).await));
+        assert!(is_unavailable(&store.check().await));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_redis_is_unavailable_not_a_hang() {
+        // Accepts connections and never answers, like a frozen server.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let pool = sofiia_testkit::pool(&format!("redis://127.0.0.1:{port}"));
+        let store =
+            RedisIdempotencyStore::new(pool, "hung:").with_op_timeout(Duration::from_millis(200));
+        let r = store.reserve(&key(0), &fp("a"), LONG_TTL).await;
+        assert!(is_unavailable(&r), "{r:?}");
+        assert!(is_unavailable(&store.check().await));
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovers_by_itself_when_redis_comes_back() {
+        let Some(mut server) = RedisServer::start("recovers_by_itself_when_redis_comes_back")
+        else {
+            return;
+        };
+        let pool = sofiia_testkit::pool(&server.url());
+        let store = Arc::new(
+            RedisIdempotencyStore::new(pool, "recovery:")
+                .with_op_timeout(Duration::from_millis(500)),
+        );
+        let token = acquire(&store, &key(0)).await;
+        store
+            .complete(&key(0), &token, &response(), LONG_TTL)
+            .await
+            .unwrap();
+
+        server.stop();
+        for _ in 0..3 {
+            let r = store.reserve(&key(1), &fp("a"), LONG_TTL).await;
+            assert!(is_unavailable(&r), "{r:?}");
+        }
+        assert!(is_unavailable(&store.check().await));
+
+        // A new server has neither the data nor the scripts; the store
+        // reconnects and reloads them without help.
+        server.restart();
+        store.check().await.unwrap();
+        let token = acquire(&store, &key(1)).await;
+        store
+            .complete(&key(1), &token, &response(), LONG_TTL)
+            .await
+            .unwrap();
+        match store.reserve(&key(1), &fp("a"), LONG_TTL).await.unwrap() {
+            Reservation::Completed(r) => assert_eq!(r, response()),
+            other => panic!("expected Completed, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+-- sofiia-ratelimit: one all-or-none GCRA decision over several buckets.
+--
+-- KEYS[i]      the bucket of charge i (all in one hash slot)
+-- ARGV[1]      now in microseconds since the epoch, or '' to use TIME
+-- ARGV[2]      milliseconds each key lives past its idle time
+-- ARGV[1 + 2i] charge i's emission interval T in microseconds
+-- ARGV[2 + 2i] charge i's count N (its window W is N * T)
+--
+-- A bucket's value is its theoretical arrival time (TAT) in microseconds.
+-- A charge is allowed when max(TAT, now) + T - now <= W. Every TAT is
+-- computed first; only when every charge is allowed are they all written,
+-- each with a TTL that ends when the bucket is idle (TAT <= now), when a
+-- missing key means the same as the stored one. Values stay below 2^53, so
+-- Lua's doubles hold them exactly. The Rust side (gcra.rs) repeats this
+-- arithmetic to report per-policy state; keep the two in step.
+--
+-- Returns {allowed (1 or 0), now, tat_1, ..., tat_n}, tat_i being bucket
+-- i's TAT raised to at least now, just before charge i.
+
+local now
+if ARGV[1] == '' then
+  -- Scripts are replicated by their effects (Redis >= 5 default, the only
+  -- mode since 7), so reading the clock before writing is allowed.
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+end
+local grace = tonumber(ARGV[2])
+
+local pending = {}
+local reply = {0, now}
+local allowed = 1
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local interval = tonumber(ARGV[1 + 2 * i])
+  local window = interval * tonumber(ARGV[2 + 2 * i])
+  -- A bucket named earlier in this decision is seen as that charge left it.
+  local tat = pending[key]
+  if tat == nil then
+    local stored = redis.call('GET', key)
+    if stored then
+      tat = tonumber(stored)
+      if tat == nil then
+        return redis.error_reply('ERR sofiia-ratelimit: a bucket holds a value that is not a TAT')
+      end
+    else
+      tat = now
+    end
+  end
+  if tat < now then
+    tat = now
+  end
+  reply[2 + i] = tat
+  if tat + interval - now <= window then
+    pending[key] = tat + interval
+  else
+    allowed = 0
+  end
+end
+
+if allowed == 1 then
+  for key, tat in pairs(pending) do
+    local ttl = math.ceil((tat - now) / 1000) + grace
+    redis.call('SET', key, string.format('%d', tat), 'PX', string.format('%d', ttl))
+  end
+end
+reply[1] = allowed
+return reply

@@ -1,0 +1,245 @@
+//! Test support for the sofiia-console crates.
+//!
+//! Redis-backed tests take their server from `SOFIIA_TEST_REDIS_URL` at run
+//! time:
+//! - unset or unreachable: the test says so loudly on stderr and returns
+//!   early, so a developer without Redis can still run the rest;
+//! - with `SOFIIA_REQUIRE_REDIS=1` (CI), unset or unreachable is a failure,
+//!   so no Redis test can skip silently there.
+//!
+//! Each [`RedisTestContext`] owns a random key prefix and deletes its keys
+//! when dropped, so tests never see each other's state. [`RedisServer`]
+//! starts a private `redis-server` that a test may stop and restart, for
+//! outage tests that must not disturb the shared server.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let Some(redis) = sofiia_testkit::RedisTestContext::new("my-test").await else {
+//!     return; // skipped loudly
+//! };
+//! let _conn = redis.pool.get().await.unwrap();
+//! # }
+//! ```
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis;
+use deadpool_redis::{Config, Pool, Runtime};
+
+/// The variable naming the test Redis.
+pub const REDIS_URL_VAR: &str = "SOFIIA_TEST_REDIS_URL";
+/// The variable that turns a missing Redis into a failure.
+pub const REQUIRE_VAR: &str = "SOFIIA_REQUIRE_REDIS";
+
+fn required() -> bool {
+    std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1")
+}
+
+fn skip_or_fail<T>(test: &str, why: &str) -> Option<T> {
+    if required() {
+        panic!("{test}: {why}, and {REQUIRE_VAR}=1 requires every Redis test to run");
+    }
+    // Written to the stderr handle directly: the test harness captures the
+    // print macros of passing tests, and a skip must never be silent.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!! SKIPPED {test}: {why}. Set {REDIS_URL_VAR}=redis://127.0.0.1:6379 to run it. !!!\n"
+    );
+    None
+}
+
+/// A pool on `url` with short timeouts, as tests want them.
+///
+/// # Panics
+///
+/// If `url` is not a valid Redis URL.
+pub fn pool(url: &str) -> Pool {
+    let mut config = Config::from_url(url);
+    let mut pool_config = deadpool_redis::PoolConfig::new(16);
+    pool_config.timeouts.wait = Some(Duration::from_secs(2));
+    pool_config.timeouts.create = Some(Duration::from_secs(2));
+    pool_config.timeouts.recycle = Some(Duration::from_secs(2));
+    config.pool = Some(pool_config);
+    config
+        .create_pool(Some(Runtime::Tokio1))
+        .unwrap_or_else(|e| panic!("invalid Redis URL {url}: {e}"))
+}
+
+/// The test Redis's URL, or `None` (after a loud message) when tests may skip.
+///
+/// # Panics
+///
+/// When Redis is required (`SOFIIA_REQUIRE_REDIS=1`) and not configured.
+pub fn redis_url(test: &str) -> Option<String> {
+    match std::env::var(REDIS_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => skip_or_fail(test, &format!("{REDIS_URL_VAR} is unset")),
+    }
+}
+
+/// A Redis connection and a key prefix of one's own, cleaned up on drop.
+pub struct RedisTestContext {
+    /// The server's URL.
+    pub url: String,
+    /// A pool on it.
+    pub pool: Pool,
+    /// A prefix no other test uses, ending in `:`.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisTestContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTestContext")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisTestContext {
+    /// Connects to the test Redis, or returns `None` after saying loudly why.
+    ///
+    /// # Panics
+    ///
+    /// When Redis is required (`SOFIIA_REQUIRE_REDIS=1`) and does not answer.
+    pub async fn new(test: &str) -> Option<Self> {
+        let url = redis_url(test)?;
+        let pool = pool(&url);
+        let answered = match pool.get().await {
+            Ok(mut conn) => redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = answered {
+            return skip_or_fail(test, &format!("Redis at {url} does not answer ({e})"));
+        }
+        Some(Self {
+            url,
+            pool,
+            prefix: format!("sofiia-test:{}:", uuid::Uuid::new_v4().simple()),
+        })
+    }
+
+    /// How many keys under this context's prefix exist now.
+    ///
+    /// # Panics
+    ///
+    /// If Redis fails.
+    pub async fn key_count(&self) -> usize {
+        let mut conn = self.pool.get().await.expect("redis connection");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        keys.len()
+    }
+}
+
+impl Drop for RedisTestContext {
+    fn drop(&mut self) {
+        // A blocking connection: drop may run outside any runtime.
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+            return;
+        };
+        let pattern = format!("{}*", self.prefix);
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query(&mut conn)
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+}
+
+/// A private `redis-server` on a free loopback port, for tests that stop and
+/// restart Redis. Killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one, or returns `None` (after a loud message) when
+    /// `redis-server` cannot be run and Redis is not required.
+    ///
+    /// # Panics
+    ///
+    /// When Redis is required and the server cannot start.
+    pub fn start(test: &str) -> Option<Self> {
+        let port = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(addr) => addr.port(),
+            Err(e) => return skip_or_fail(test, &format!("no free port ({e})")),
+        };
+        let mut server = Self { port, child: None };
+        match server.spawn() {
+            Ok(()) => Some(server),
+            Err(e) => skip_or_fail(test, &format!("cannot run redis-server ({e})")),
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.answers() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("it did not answer within 10 s".into())
+    }
+
+    fn answers(&self) -> bool {
+        redis::Client::open(self.url().as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its data is gone).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    ///
+    /// # Panics
+    ///
+    /// If it cannot start.
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.spawn() {
+            panic!("redis-server did not restart: {e}");
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
