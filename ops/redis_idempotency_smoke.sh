@@ -95,13 +95,18 @@ else
   wait_healthy "$B_URL" b
 fi
 
+# The token goes to curl in a private header file, never on its command line
+# (where ps would show it).
+auth_header="$work/auth.header"
+(umask 077 && printf 'Authorization: Bearer %s\n' "$token" >"$auth_header")
+
 key="smoke-$(date +%s)-$RANDOM$RANDOM"
 chat="smoke-$RANDOM$RANDOM"
 body='{"text":"redis idempotency smoke"}'
 send() { # url, name
   curl -sS -o "$work/$2.body" -D "$work/$2.headers" -w '%{http_code}' \
     -X POST "$1/api/chats/$chat/send" \
-    -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -H "@$auth_header" -H 'Content-Type: application/json' \
     -H "Idempotency-Key: $key" --data "$body"
 }
 

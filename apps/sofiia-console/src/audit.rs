@@ -18,6 +18,9 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 use crate::telemetry::RequestId;
 
+/// The metric counting events written, by action (a fixed set).
+pub const EVENTS_WRITTEN: &str = "sofiia_audit_events_total";
+
 /// The metric counting events that could not be written.
 pub const WRITE_FAILURES: &str = "sofiia_audit_write_failures_total";
 
@@ -117,7 +120,10 @@ pub async fn record(state: &AppState, meta: &RequestMeta, event: Event) -> Resul
         details: event.details,
     };
     match state.audit.append(new).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            metrics::counter!(EVENTS_WRITTEN, "action" => event.action).increment(1);
+            Ok(())
+        }
         Err(e) => {
             metrics::counter!(WRITE_FAILURES).increment(1);
             warn!(

@@ -51,9 +51,30 @@ pub enum TokensError {
 #[derive(Clone)]
 struct DigestSet<T> {
     entries: Vec<(T, [u8; 32])>,
+    /// Length of the shortest secret, for preflight checks (the secrets
+    /// themselves are not kept).
+    shortest: usize,
 }
 
 impl<T> DigestSet<T> {
+    fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+            shortest: usize::MAX,
+        }
+    }
+
+    /// Adds `secret` for `value`; false if the secret is already present.
+    fn insert(&mut self, value: T, secret: &str) -> bool {
+        let d = digest(secret.as_bytes());
+        if self.contains_digest(&d) {
+            return false;
+        }
+        self.shortest = self.shortest.min(secret.len());
+        self.entries.push((value, d));
+        true
+    }
+
     fn contains_digest(&self, d: &[u8; 32]) -> bool {
         self.entries.iter().any(|(_, e)| e == d)
     }
@@ -114,9 +135,7 @@ impl OperatorTokens {
     ///
     /// [`TokensError`] naming the entry that is wrong.
     pub fn parse(s: &str) -> Result<Self, TokensError> {
-        let mut set = DigestSet {
-            entries: Vec::new(),
-        };
+        let mut set = DigestSet::new();
         for (i, entry) in s.split(',').enumerate() {
             let index = i + 1;
             let (operator, token) = entry.split_once(':').ok_or(TokensError::NotAPair(index))?;
@@ -126,11 +145,9 @@ impl OperatorTokens {
             if !valid_secret(token) {
                 return Err(TokensError::Token(index));
             }
-            let d = digest(token.as_bytes());
-            if set.contains_digest(&d) {
+            if !set.insert(operator, token) {
                 return Err(TokensError::DuplicateToken(index));
             }
-            set.entries.push((operator, d));
         }
         if set.entries.is_empty() {
             return Err(TokensError::Empty);
@@ -140,9 +157,9 @@ impl OperatorTokens {
 
     /// One operator with one token.
     pub fn single(operator: OperatorId, token: &str) -> Self {
-        Self(DigestSet {
-            entries: vec![(operator, digest(token.as_bytes()))],
-        })
+        let mut set = DigestSet::new();
+        set.insert(operator, token);
+        Self(set)
     }
 
     /// The operator whose token this is, if any.
@@ -153,6 +170,11 @@ impl OperatorTokens {
     /// The configured operator ids.
     pub fn operators(&self) -> impl Iterator<Item = &OperatorId> {
         self.0.entries.iter().map(|(o, _)| o)
+    }
+
+    /// The length of the shortest token.
+    pub fn shortest(&self) -> usize {
+        self.0.shortest
     }
 }
 
@@ -183,9 +205,7 @@ impl fmt::Debug for AuditKeys {
 impl AuditKeys {
     /// No keys: every audit read is refused.
     pub fn none() -> Self {
-        Self(DigestSet {
-            entries: Vec::new(),
-        })
+        Self(DigestSet::new())
     }
 
     /// Parses `KEY_NEW,KEY_OLD`.
@@ -194,19 +214,15 @@ impl AuditKeys {
     ///
     /// [`AuditKeysError`] naming the entry that is wrong.
     pub fn parse(s: &str) -> Result<Self, AuditKeysError> {
-        let mut set = DigestSet {
-            entries: Vec::new(),
-        };
+        let mut set = DigestSet::new();
         for (i, key) in s.split(',').enumerate() {
             let key = key.trim();
             if !valid_secret(key) {
                 return Err(AuditKeysError::Key(i + 1));
             }
-            let d = digest(key.as_bytes());
-            if set.contains_digest(&d) {
+            if !set.insert(i + 1, key) {
                 return Err(AuditKeysError::Duplicate(i + 1));
             }
-            set.entries.push((i + 1, d));
         }
         Ok(Self(set))
     }
@@ -219,6 +235,11 @@ impl AuditKeys {
     /// How many keys are configured.
     pub fn len(&self) -> usize {
         self.0.entries.len()
+    }
+
+    /// The length of the shortest key (0 when none is configured).
+    pub fn shortest(&self) -> usize {
+        if self.is_empty() { 0 } else { self.0.shortest }
     }
 
     /// Whether `presented` is one of the keys, compared in constant time.

@@ -153,6 +153,13 @@ const IGNORED_PREFIXES: &[&str] = &[
     "SOFIIA_BUILD_",
     "SOFIIA_REQUIRE_",
     "SOFIIA_STUB_",
+    // The ops scripts' own settings, which may share the console's env file.
+    "SOFIIA_SMOKE_",
+    "SOFIIA_EVIDENCE_",
+    "SOFIIA_RELEASE_",
+    "SOFIIA_PREFLIGHT_",
+    "SOFIIA_CONSOLE_BIN",
+    "SOFIIA_BIN_DIR",
 ];
 
 impl Settings {

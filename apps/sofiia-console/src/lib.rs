@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod health;
 pub mod problem;
 pub mod routes;
 pub mod send;

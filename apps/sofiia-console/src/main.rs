@@ -31,6 +31,9 @@ enum Command {
     PruneAudit(PruneArgs),
     /// Verify the audit trail's hash chain; exit 1 at the first broken event.
     AuditVerify,
+    /// Validate the configuration exactly as `serve` would and print the
+    /// effective settings (without secrets) as JSON; exit 2 if invalid.
+    CheckConfig,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(settings, logger),
         Command::PruneAudit(args) => run_tool(&logger, prune_audit(&settings, &args)),
         Command::AuditVerify => run_tool(&logger, audit_verify(&settings)),
+        Command::CheckConfig => check_config(&settings),
     };
     drop(guard);
     code
@@ -161,4 +165,29 @@ async fn audit_verify(settings: &Settings) -> Result<ExitCode, String> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn check_config(settings: &Settings) -> ExitCode {
+    match sofiia_console::tools::config_report(settings) {
+        Ok(report) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "sofiia-console: invalid configuration: {}",
+                    sofiia_console::problem::error_chain(&*e)
+                );
+            }
+            ExitCode::from(2)
+        }
+    }
 }

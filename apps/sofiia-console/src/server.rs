@@ -170,9 +170,9 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
             "SOFIIA_AUDIT_KEYS is unset: /api/audit answers 401 to everyone until a key is configured"
         );
     }
-    metrics::counter!(crate::audit::WRITE_FAILURES).increment(0);
-
     let metrics = metrics_handle();
+    // Present from the start, so dashboards and alerts see a zero, not a gap.
+    metrics::counter!(crate::audit::WRITE_FAILURES).increment(0);
     metrics::gauge!(
         "sofiia_build_info",
         "version" => routes::VERSION,
@@ -250,6 +250,7 @@ pub struct RunningServer {
     addr: SocketAddr,
     handle: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    prober: tokio::task::AbortHandle,
 }
 
 impl RunningServer {
@@ -269,6 +270,7 @@ impl RunningServer {
     ///
     /// The server's I/O error, if it failed.
     pub async fn stop(self) -> std::io::Result<()> {
+        self.prober.abort();
         self.handle.stop(true).await;
         self.task.await.map_err(std::io::Error::other)?
     }
@@ -279,7 +281,9 @@ impl RunningServer {
     ///
     /// The server's I/O error, if it failed.
     pub async fn wait(self) -> std::io::Result<()> {
-        self.task.await.map_err(std::io::Error::other)?
+        let result = self.task.await.map_err(std::io::Error::other)?;
+        self.prober.abort();
+        result
     }
 }
 
@@ -299,6 +303,7 @@ pub fn start(settings: &Settings, state: AppState) -> Result<RunningServer, Star
     let listener = TcpListener::bind(settings.bind).map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
     let logger = state.logger.clone();
+    let prober = tokio::spawn(crate::health::run_prober(state.clone())).abort_handle();
     let mut server = HttpServer::new(move || build_app(state.clone()))
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
         .listen(listener)
@@ -310,5 +315,10 @@ pub fn start(settings: &Settings, state: AppState) -> Result<RunningServer, Star
     let handle = server.handle();
     let task = tokio::spawn(server);
     info!(logger, "listening"; "addr" => addr.to_string(), "version" => routes::VERSION, "git_sha" => routes::GIT_SHA);
-    Ok(RunningServer { addr, handle, task })
+    Ok(RunningServer {
+        addr,
+        handle,
+        task,
+        prober,
+    })
 }

@@ -161,3 +161,140 @@ pub async fn audit_verify(settings: &Settings) -> Result<(bool, String), BoxErro
         ),
     })
 }
+
+/// Hides the password of a Redis URL.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// What `check-config` prints: the effective settings, every value `serve`
+/// would use, without a secret. Building the node router and the Redis pool
+/// is part of the check, as at start.
+///
+/// # Errors
+///
+/// The first setting `serve` would refuse.
+pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError> {
+    use serde_json::json;
+
+    use crate::config::{ChatIndexBackend, RateLimitFailMode, SharedBackend};
+    use crate::routes::{GIT_SHA, VERSION};
+
+    if let Some(nodes) = &settings.nodes {
+        sofiia_router_client::HttpRouter::new(nodes.clone(), settings.infer_timeout)?;
+    }
+    if settings.uses_redis() {
+        crate::server::redis_pool(&settings.redis_url)?;
+    }
+    let backend = |b: SharedBackend| match b {
+        SharedBackend::InMemory => "inmemory",
+        SharedBackend::Redis => "redis",
+    };
+    let nodes = settings.nodes.as_ref().map(|n| {
+        n.nodes()
+            .iter()
+            .map(|node| {
+                (
+                    node.to_string(),
+                    json!(n.base_url(node).unwrap_or_default()),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+    });
+    let default_node = settings
+        .nodes
+        .as_ref()
+        .map_or(sofiia_router_client::EchoRouter::NODE.to_owned(), |n| {
+            n.default_node().to_string()
+        });
+    Ok(json!({
+        "valid": true,
+        "version": VERSION,
+        "git_sha": GIT_SHA,
+        "bind": settings.bind.to_string(),
+        "data_dir": settings.data_dir.display().to_string(),
+        "nodes": nodes,
+        "default_node": default_node,
+        "infer_timeout_ms": settings.infer_timeout.as_millis() as u64,
+        "operator_tokens": match &settings.operator_tokens {
+            Some(t) => json!({
+                "source": "SOFIIA_OPERATOR_TOKENS",
+                "operators": t.operators().map(|o| o.to_string()).collect::<Vec<_>>(),
+                "shortest": t.shortest(),
+            }),
+            None => json!({"source": "generated-dev-token", "operators": [crate::auth::DEV_OPERATOR]}),
+        },
+        "audit_keys": {"count": settings.audit_keys.len(), "shortest": settings.audit_keys.shortest()},
+        "audit_retention_days": settings.audit_retention_days,
+        "chat_index_backend": match settings.chat_index_backend {
+            ChatIndexBackend::Sqlite => "sqlite",
+            ChatIndexBackend::InMemory => "inmemory",
+        },
+        "idempotency_backend": backend(settings.idempotency_backend),
+        "idempotency_ttl_secs": settings.idempotency_ttl.as_secs(),
+        "rate_limit_backend": backend(settings.rate_limit_backend),
+        "rate_limit_chat": settings.rate_limit_chat.to_string(),
+        "rate_limit_operator": settings.rate_limit_operator.to_string(),
+        "rate_limit_fail_mode": match settings.rate_limit_fail_mode {
+            RateLimitFailMode::Closed => "closed",
+            RateLimitFailMode::Open => "open",
+        },
+        "redis_url": settings.uses_redis().then(|| redact_url(&settings.redis_url)),
+        "redis_prefix": settings.redis_prefix,
+        "unknown_variables": settings.unknown_variables,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:s3cret@db:6379/0"),
+            "redis://***@db:6379/0"
+        );
+        assert_eq!(redact_url("rediss://u:p@h"), "rediss://***@h");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn the_report_names_every_backend_and_no_secret() {
+        let vars = [
+            (
+                "SOFIIA_OPERATOR_TOKENS",
+                "alice:token-alice-0123456789abcdef",
+            ),
+            ("SOFIIA_AUDIT_KEYS", "audit-key-0123456789abcdef0123"),
+            ("SOFIIA_REDIS_URL", "redis://:hunter2@127.0.0.1:6379"),
+            ("SOFIIA_IDEMPOTENCY_BACKEND", "redis"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let settings = Settings::from_vars(&vars).unwrap();
+        let report = config_report(&settings).unwrap();
+        assert_eq!(report["idempotency_backend"], "redis");
+        assert_eq!(report["rate_limit_backend"], "inmemory");
+        assert_eq!(report["operator_tokens"]["operators"][0], "alice");
+        assert_eq!(
+            report["operator_tokens"]["shortest"],
+            "token-alice-0123456789abcdef".len()
+        );
+        assert_eq!(report["audit_keys"]["count"], 1);
+        assert_eq!(report["default_node"], "echo");
+        let text = report.to_string();
+        for secret in ["token-alice", "audit-key-0123", "hunter2"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+    }
+}

@@ -64,6 +64,11 @@ async fn metrics_show_the_contract_names_with_bounded_labels() {
         "sofiia_infer_total{",
         "sofiia_infer_duration_seconds_bucket{",
         "sofiia_build_info{",
+        "sofiia_audit_write_failures_total ",
+        "sofiia_idempotency_total{",
+        "sofiia_ratelimit_total{",
+        "sofiia_audit_events_total{",
+        "sofiia_backend_up{",
     ] {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }

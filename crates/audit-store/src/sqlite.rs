@@ -10,18 +10,16 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_sqlite::{
-    BuildError, Config, Hook, HookError, InteractError, Pool, PoolConfig, PoolError, Runtime,
-    Timeouts,
-};
+use deadpool_sqlite::{Pool, PoolError};
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
-use rusqlite_migration::{M, Migrations};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite_migration::M;
 use serde_json::{Map, Value};
 use sofiia_core_domain::{DynClock, Page, SystemClock, Timestamp};
+use sofiia_sqlite_support::{ConnectionRole, Setup, migrate, ping};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::canonical::{ChainCheck, GENESIS_HASH, compute_hash, outcome_str};
@@ -322,27 +320,25 @@ impl SqliteAuditStore {
     }
 
     async fn try_open(path: PathBuf, options: SqliteOptions) -> Result<Self, SqliteError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            let parent = parent.to_owned();
-            tokio::task::spawn_blocking(move || std::fs::create_dir_all(parent))
-                .await
-                .map_err(|e| SqliteError::Interact {
-                    panicked: e.is_panic(),
-                })?
-                .map_err(SqliteError::CreateDir)?;
-        }
+        sofiia_sqlite_support::create_parent_dir(&path).await?;
         let counters = Arc::new(Counters::default());
         // The writer goes first: it switches the file to WAL and creates the
         // schema before any reader looks at it.
         let writer = Writer::spawn(&path, &options, Arc::clone(&counters)).await?;
         let store = Self {
-            read: build_read_pool(&path, &options)?,
+            read: sofiia_sqlite_support::build_pool(
+                &path,
+                options.read_connections,
+                options.acquire_timeout,
+                setup(options.busy_timeout),
+                ConnectionRole::Read,
+            )?,
             path,
             writer,
             counters,
             closed: AtomicBool::new(false),
         };
-        store.with_read(select_one).await?;
+        store.with_read(ping).await?;
         Ok(store)
     }
 
@@ -456,8 +452,7 @@ impl SqliteAuditStore {
         T: Send + 'static,
     {
         self.ensure_open()?;
-        let conn = self.read.get().await?;
-        conn.interact(f).await?
+        sofiia_sqlite_support::with_connection(&self.read, f).await
     }
 }
 
@@ -524,7 +519,7 @@ impl AuditStore for SqliteAuditStore {
         if self.writer.is_closed() {
             return Err(self.writer_gone().into());
         }
-        Ok(self.with_read(select_one).await?)
+        Ok(self.with_read(ping).await?)
     }
 }
 
@@ -1023,125 +1018,34 @@ impl EventRow {
     }
 }
 
-fn select_one(conn: &mut Connection) -> Result<(), SqliteError> {
-    conn.query_row("SELECT 1", [], |_| Ok(()))?;
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------
 // Connections.
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConnectionRole {
-    Write,
-    Read,
-}
-
 fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, SqliteError> {
     let mut conn = Connection::open(path)?;
-    configure(&mut conn, busy_timeout, ConnectionRole::Write)?;
-    migrate(&mut conn)?;
+    setup(busy_timeout).configure(&mut conn, ConnectionRole::Write)?;
+    migrate(&mut conn, MIGRATIONS)?;
     Ok(conn)
 }
 
-fn build_read_pool(path: &Path, options: &SqliteOptions) -> Result<Pool, SqliteError> {
-    let mut pool = PoolConfig::new(options.read_connections.get());
-    // Without timeouts a read would wait forever for a connection that a
-    // stuck call holds; with them it fails as `Unavailable`.
-    pool.timeouts = Timeouts {
-        wait: Some(options.acquire_timeout),
-        create: Some(options.acquire_timeout),
-        recycle: Some(options.acquire_timeout),
-    };
-    let mut config = Config::new(path);
-    config.pool = Some(pool);
-    let Ok(builder) = config.builder(Runtime::Tokio1);
-    let busy_timeout = options.busy_timeout;
-    Ok(builder
-        .post_create(Hook::async_fn(move |conn, _| {
-            Box::pin(async move {
-                conn.interact(move |c| configure(c, busy_timeout, ConnectionRole::Read))
-                    .await
-                    .map_err(|e| HookError::message(e.to_string()))?
-                    .map_err(|e| match e {
-                        SqliteError::Sqlite(e) => HookError::Backend(e),
-                        other => HookError::message(other.to_string()),
-                    })
-            })
-        }))
-        .build()?)
+/// How every connection of this store is set up.
+fn setup(busy_timeout: Duration) -> Setup {
+    Setup::new(busy_timeout).with_tune(tune)
 }
 
-/// Settings of every new connection. Most pragmas are per connection, so
-/// they are set here rather than once at open.
-fn configure(
-    conn: &mut Connection,
-    busy_timeout: Duration,
-    role: ConnectionRole,
-) -> Result<(), SqliteError> {
-    // First, so that the pragmas below wait for a lock instead of failing.
-    conn.busy_timeout(busy_timeout)?;
-    let mode = enable_wal(conn, busy_timeout)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(SqliteError::NotWal);
-    }
+/// This store's settings of every connection, beside the shared ones of
+/// [`Setup::configure`].
+fn tune(conn: &Connection, role: ConnectionRole) -> rusqlite::Result<()> {
     // Each filter combination is its own cached statement (see
     // `read_statement`): 32 of them, beyond rusqlite's default of 16.
     conn.set_prepared_statement_cache_capacity(64);
-    match role {
+    if role == ConnectionRole::Write {
         // FULL: in WAL mode, each commit is fsynced before it returns, so an
         // answered append survives a power loss (NORMAL would not promise
         // that). Group commit pays one fsync per batch, not per event.
-        // Migrations open their transactions with `transaction()`: immediate
-        // makes two processes migrating one file queue instead of deadlock.
-        ConnectionRole::Write => {
-            conn.execute_batch("PRAGMA synchronous = FULL;")?;
-            conn.set_transaction_behavior(TransactionBehavior::Immediate);
-        }
-        // A read connection that tried to write would take the write lock
-        // beside the writer and could fail with SQLITE_BUSY.
-        ConnectionRole::Read => conn.execute_batch("PRAGMA query_only = ON;")?,
+        conn.execute_batch("PRAGMA synchronous = FULL;")?;
     }
     Ok(())
-}
-
-/// Switches the file to WAL mode (a no-op once it is), returning the mode in
-/// force.
-///
-/// On a file not yet in WAL mode, two connections switching at once both
-/// hold a shared lock and want an exclusive one; SQLite then fails one with
-/// `SQLITE_BUSY` at once, without calling the busy handler, to avoid a
-/// deadlock. So the busy timeout does not cover this step, and it is retried
-/// here within the same budget. This runs on the writer thread or a blocking
-/// thread, where sleeping is fine.
-fn enable_wal(conn: &Connection, budget: Duration) -> Result<String, SqliteError> {
-    let start = Instant::now();
-    loop {
-        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
-            Err(e) if is_busy(&e) && start.elapsed() < budget => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            result => return Ok(result?),
-        }
-    }
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), SqliteError> {
-    let migrations = Migrations::from_slice(MIGRATIONS);
-    match migrations.to_latest(conn) {
-        Ok(()) => Ok(()),
-        // Another process may have migrated between the moment this one read
-        // the schema version and the moment it got the write lock; then the
-        // migration here fails (the tables exist) but the file is up to date.
-        Err(err) => {
-            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if usize::try_from(version).is_ok_and(|v| v == MIGRATIONS.len()) {
-                Ok(())
-            } else {
-                Err(SqliteError::Migration(err))
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1151,28 +1055,18 @@ fn migrate(conn: &mut Connection) -> Result<(), SqliteError> {
 /// trait boundary, and kept as its source.
 #[derive(Debug, thiserror::Error)]
 enum SqliteError {
-    #[error("SQLite failed")]
-    Sqlite(#[from] rusqlite::Error),
+    // The driver and the shared plumbing; transparent, so that the chain
+    // reads as if their variants were this enum's.
+    #[error(transparent)]
+    Sqlite(#[from] sofiia_sqlite_support::Error),
     #[error("no SQLite read connection could be had")]
     Pool(#[from] PoolError),
-    #[error("the SQLite connection pool could not be built")]
-    Build(#[from] BuildError),
-    #[error("the SQLite schema could not be brought up to date")]
-    Migration(#[source] rusqlite_migration::Error),
-    #[error("the database directory could not be created")]
-    CreateDir(#[source] std::io::Error),
     #[error("the audit writer thread could not be started")]
     SpawnWriter(#[source] std::io::Error),
     #[error("the audit writer thread has stopped")]
     WriterStopped,
     #[error("the audit store is closed")]
     Closed,
-    // `InteractError` holds a panic payload that is not `Sync`, so only its
-    // kind is kept.
-    #[error("a SQLite call {}", if *.panicked { "panicked" } else { "was cancelled" })]
-    Interact { panicked: bool },
-    #[error("the database could not be put in WAL mode")]
-    NotWal,
     #[error("event details could not be serialised")]
     Details(#[source] serde_json::Error),
     #[error("a stored value of {column} is invalid")]
@@ -1195,33 +1089,18 @@ impl SqliteError {
     /// the store is shut down.
     fn is_transient(&self) -> bool {
         match self {
-            SqliteError::Sqlite(e)
-            | SqliteError::Pool(PoolError::Backend(e))
-            | SqliteError::Pool(PoolError::PostCreateHook(HookError::Backend(e)))
-            | SqliteError::Migration(rusqlite_migration::Error::RusqliteError { err: e, .. }) => {
-                is_busy(e)
-            }
-            SqliteError::Pool(PoolError::Timeout(_) | PoolError::Closed) | SqliteError::Closed => {
-                true
-            }
+            SqliteError::Sqlite(e) => e.is_transient(),
+            SqliteError::Pool(e) => sofiia_sqlite_support::pool_error_is_transient(e),
+            SqliteError::Closed => true,
             _ => false,
         }
     }
 }
 
-impl From<InteractError> for SqliteError {
-    fn from(err: InteractError) -> Self {
-        SqliteError::Interact {
-            panicked: matches!(err, InteractError::Panic(_)),
-        }
+impl From<rusqlite::Error> for SqliteError {
+    fn from(err: rusqlite::Error) -> Self {
+        SqliteError::Sqlite(err.into())
     }
-}
-
-fn is_busy(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
 }
 
 impl From<SqliteError> for AuditError {
@@ -1258,6 +1137,7 @@ mod tests {
     use std::collections::HashSet;
     use std::error::Error as _;
 
+    use rusqlite::ErrorCode;
     use sofiia_core_domain::{ManualClock, PageLimit};
 
     use super::*;

@@ -42,10 +42,12 @@ use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use sofiia_core_domain::{Clock, ManualClock, Page, PageLimit, Timestamp};
+use sofiia_testkit::Guarded;
 
 use crate::{
     AuditEvent, AuditQuery, AuditStore, DynAuditStore, GENESIS_HASH, NewEvent, Outcome, PruneBatch,
@@ -56,11 +58,7 @@ use crate::{
 ///
 /// The store is dropped before the guard, so a guard may remove what the
 /// store used: a temporary directory, a key prefix.
-pub struct TestStore {
-    // Field order is drop order: the store first, then its guard.
-    store: Box<DynAuditStore>,
-    _guard: Box<dyn Any + Send>,
-}
+pub struct TestStore(Guarded<DynAuditStore>);
 
 impl TestStore {
     /// A store that needs nothing kept alive.
@@ -71,22 +69,19 @@ impl TestStore {
     /// A store and a guard to drop after it, such as a `tempfile::TempDir`
     /// holding its file. A guard's `Drop` also runs when the case panics.
     pub fn with_guard(store: impl AuditStore, guard: impl Any + Send) -> Self {
-        Self {
-            store: Box::new(store),
-            _guard: Box::new(guard),
-        }
+        Self(Guarded::with_guard(Arc::new(store), guard))
     }
 
     /// The store.
     pub fn store(&self) -> &DynAuditStore {
-        &*self.store
+        self.0.get()
     }
 }
 
 impl fmt::Debug for TestStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestStore")
-            .field("store", &self.store)
+            .field("store", &self.store())
             .finish_non_exhaustive()
     }
 }
@@ -979,28 +974,10 @@ mod tests {
     /// would silently not run it.
     #[test]
     fn macro_lists_every_case() {
-        let source = include_str!("testing.rs");
-        let (_, listed) = source
-            .split_once("// cases:begin")
-            .expect("the macro marks its case list");
-        let (listed, _) = listed.split_once("// cases:end").expect("the list ends");
-        let listed: Vec<&str> = listed
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("case_"))
-            .map(|l| l.trim_end_matches(','))
-            .collect();
-        let defined: Vec<&str> = source
-            .lines()
-            .filter_map(|l| l.strip_prefix("pub async fn "))
-            .filter_map(|l| l.split_once('(').map(|(name, _)| name))
-            .collect();
-        assert!(defined.len() >= 20, "found only {} cases", defined.len());
-        for name in &defined {
-            assert!(listed.contains(name), "{name} is not in audit_store_tests!");
-        }
-        for name in &listed {
-            assert!(defined.contains(name), "{name} is listed but not defined");
-        }
+        let defined = sofiia_testkit::assert_every_case_listed(
+            include_str!("testing.rs"),
+            "audit_store_tests!",
+        );
+        assert!(defined >= 20, "found only {defined} cases");
     }
 }

@@ -3,19 +3,17 @@
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_sqlite::{
-    BuildError, Config, Hook, HookError, InteractError, Pool, PoolConfig, PoolError, Runtime,
-    Timeouts,
-};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
-use rusqlite_migration::{M, Migrations};
+use deadpool_sqlite::{Pool, PoolError};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite_migration::M;
 use sofiia_core_domain::{
     Chat, ChatId, ChatTitle, Cursor, Exchange, Message, MessageId, NewChat, NodeId, OperatorId,
     Page, PageRequest, Role, Timestamp, ValidationError,
 };
+use sofiia_sqlite_support::{ConnectionRole, Setup, build_pool, migrate, ping};
 
 use crate::exchange::{self, ExchangeError};
 use crate::{ChatIndexError, ChatIndexStore, Result};
@@ -212,29 +210,20 @@ impl SqliteChatIndex {
     }
 
     async fn try_open(path: PathBuf, options: &SqliteOptions) -> Result<Self, SqliteError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            let parent = parent.to_owned();
-            tokio::task::spawn_blocking(move || std::fs::create_dir_all(parent))
-                .await
-                .map_err(|e| SqliteError::Interact {
-                    panicked: e.is_panic(),
-                })?
-                .map_err(SqliteError::CreateDir)?;
-        }
+        sofiia_sqlite_support::create_parent_dir(&path).await?;
+        let setup = Setup::new(options.busy_timeout).with_tune(tune);
+        let pool = |size, role| build_pool(&path, size, options.acquire_timeout, setup, role);
         let store = Self {
-            write: build_pool(&path, NonZeroUsize::MIN, options, ConnectionRole::Write)?,
-            read: build_pool(
-                &path,
-                options.read_connections,
-                options,
-                ConnectionRole::Read,
-            )?,
+            write: pool(NonZeroUsize::MIN, ConnectionRole::Write)?,
+            read: pool(options.read_connections, ConnectionRole::Read)?,
             path,
         };
         // The writer goes first: it switches the file to WAL and creates the
         // schema before any reader looks at it.
-        store.with_write(migrate).await?;
-        store.with_read(select_one).await?;
+        store
+            .with_write(|conn| Ok(migrate(conn, MIGRATIONS)?))
+            .await?;
+        store.with_read(ping).await?;
         Ok(store)
     }
 
@@ -257,8 +246,7 @@ impl SqliteChatIndex {
         F: FnOnce(&mut Connection) -> Result<T, SqliteError> + Send + 'static,
         T: Send + 'static,
     {
-        let conn = self.read.get().await?;
-        conn.interact(f).await?
+        sofiia_sqlite_support::with_connection(&self.read, f).await
     }
 
     async fn with_write<T, F>(&self, f: F) -> Result<T, SqliteError>
@@ -266,8 +254,7 @@ impl SqliteChatIndex {
         F: FnOnce(&mut Connection) -> Result<T, SqliteError> + Send + 'static,
         T: Send + 'static,
     {
-        let conn = self.write.get().await?;
-        conn.interact(f).await?
+        sofiia_sqlite_support::with_connection(&self.write, f).await
     }
 }
 
@@ -367,7 +354,7 @@ impl ChatIndexStore for SqliteChatIndex {
     }
 
     async fn check(&self) -> Result<()> {
-        Ok(self.with_read(select_one).await?)
+        Ok(self.with_read(ping).await?)
     }
 }
 
@@ -377,11 +364,6 @@ fn overfetch(page: &PageRequest) -> i64 {
 
 fn ts(cursor: &Cursor) -> i64 {
     cursor.ts().as_unix_millis()
-}
-
-fn select_one(conn: &mut Connection) -> Result<(), SqliteError> {
-    conn.query_row("SELECT 1", [], |_| Ok(()))?;
-    Ok(())
 }
 
 fn chat_exists(conn: &Connection, id: &ChatId) -> rusqlite::Result<bool> {
@@ -543,131 +525,24 @@ impl MessageRow {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConnectionRole {
-    Write,
-    Read,
-}
-
-fn build_pool(
-    path: &Path,
-    size: NonZeroUsize,
-    options: &SqliteOptions,
-    role: ConnectionRole,
-) -> Result<Pool, SqliteError> {
-    let mut pool = PoolConfig::new(size.get());
-    // Without timeouts a call would wait forever for a connection that a
-    // stuck call holds; with them it fails as `Unavailable`.
-    pool.timeouts = Timeouts {
-        wait: Some(options.acquire_timeout),
-        create: Some(options.acquire_timeout),
-        recycle: Some(options.acquire_timeout),
-    };
-    let mut config = Config::new(path);
-    config.pool = Some(pool);
-    let Ok(builder) = config.builder(Runtime::Tokio1);
-    let busy_timeout = options.busy_timeout;
-    Ok(builder
-        .post_create(Hook::async_fn(move |conn, _| {
-            Box::pin(async move {
-                conn.interact(move |c| configure(c, busy_timeout, role))
-                    .await
-                    .map_err(|e| HookError::message(e.to_string()))?
-                    .map_err(|e| match e {
-                        SqliteError::Sqlite(e) => HookError::Backend(e),
-                        other => HookError::message(other.to_string()),
-                    })
-            })
-        }))
-        .build()?)
-}
-
-/// Settings of every new connection. Most pragmas are per connection, so
-/// they are set here rather than once at open.
-fn configure(
-    conn: &mut Connection,
-    busy_timeout: Duration,
-    role: ConnectionRole,
-) -> Result<(), SqliteError> {
-    // First, so that the pragmas below wait for a lock instead of failing.
-    conn.busy_timeout(busy_timeout)?;
-    let mode = enable_wal(conn, busy_timeout)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(SqliteError::NotWal);
-    }
+/// This store's settings of every connection, beside the shared ones of
+/// [`Setup::configure`].
+fn tune(conn: &Connection, _role: ConnectionRole) -> rusqlite::Result<()> {
     // NORMAL is durable across application crashes in WAL mode; a power
     // loss may only undo the last commits, never corrupt the file.
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
-    match role {
-        // Migrations open their transactions with `transaction()`: immediate
-        // makes two processes migrating one file queue instead of deadlock.
-        ConnectionRole::Write => conn.set_transaction_behavior(TransactionBehavior::Immediate),
-        // A read connection that tried to write would take the write lock
-        // beside the write pool and could fail with SQLITE_BUSY.
-        ConnectionRole::Read => conn.execute_batch("PRAGMA query_only = ON;")?,
-    }
-    Ok(())
-}
-
-/// Switches the file to WAL mode (a no-op once it is), returning the mode in
-/// force.
-///
-/// On a file not yet in WAL mode, two connections switching at once both
-/// hold a shared lock and want an exclusive one; SQLite then fails one with
-/// `SQLITE_BUSY` at once, without calling the busy handler, to avoid a
-/// deadlock. So the busy timeout does not cover this step, and it is retried
-/// here within the same budget. This runs on a blocking thread, where
-/// sleeping is fine.
-fn enable_wal(conn: &Connection, budget: Duration) -> Result<String, SqliteError> {
-    let start = Instant::now();
-    loop {
-        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
-            Err(e) if is_busy(&e) && start.elapsed() < budget => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            result => return Ok(result?),
-        }
-    }
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), SqliteError> {
-    let migrations = Migrations::from_slice(MIGRATIONS);
-    match migrations.to_latest(conn) {
-        Ok(()) => Ok(()),
-        // Another process may have migrated between the moment this one read
-        // the schema version and the moment it got the write lock; then the
-        // migration here fails (the tables exist) but the file is up to date.
-        Err(err) => {
-            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if usize::try_from(version).is_ok_and(|v| v == MIGRATIONS.len()) {
-                Ok(())
-            } else {
-                Err(SqliteError::Migration(err))
-            }
-        }
-    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
 }
 
 /// What went wrong inside this backend; converted to [`ChatIndexError`] at
 /// the trait boundary, and kept as its source.
 #[derive(Debug, thiserror::Error)]
 enum SqliteError {
-    #[error("SQLite failed")]
-    Sqlite(#[from] rusqlite::Error),
+    // The driver and the shared plumbing; transparent, so that the chain
+    // reads as if their variants were this enum's.
+    #[error(transparent)]
+    Sqlite(#[from] sofiia_sqlite_support::Error),
     #[error("no SQLite connection could be had")]
     Pool(#[from] PoolError),
-    #[error("the SQLite connection pool could not be built")]
-    Build(#[from] BuildError),
-    #[error("the SQLite schema could not be brought up to date")]
-    Migration(#[source] rusqlite_migration::Error),
-    #[error("the database directory could not be created")]
-    CreateDir(#[source] std::io::Error),
-    // `InteractError` holds a panic payload that is not `Sync`, so only its
-    // kind is kept.
-    #[error("a SQLite call {}", if *.panicked { "panicked" } else { "was cancelled" })]
-    Interact { panicked: bool },
-    #[error("the database could not be put in WAL mode")]
-    NotWal,
     #[error("a stored value of {column} is invalid")]
     CorruptRow {
         column: &'static str,
@@ -682,19 +557,10 @@ enum SqliteError {
     Exchange(#[from] ExchangeError),
 }
 
-impl From<InteractError> for SqliteError {
-    fn from(err: InteractError) -> Self {
-        SqliteError::Interact {
-            panicked: matches!(err, InteractError::Panic(_)),
-        }
+impl From<rusqlite::Error> for SqliteError {
+    fn from(err: rusqlite::Error) -> Self {
+        SqliteError::Sqlite(err.into())
     }
-}
-
-fn is_busy(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
 }
 
 impl SqliteError {
@@ -702,13 +568,8 @@ impl SqliteError {
     /// the store is shut down.
     fn is_transient(&self) -> bool {
         match self {
-            SqliteError::Sqlite(e)
-            | SqliteError::Pool(PoolError::Backend(e))
-            | SqliteError::Pool(PoolError::PostCreateHook(HookError::Backend(e)))
-            | SqliteError::Migration(rusqlite_migration::Error::RusqliteError { err: e, .. }) => {
-                is_busy(e)
-            }
-            SqliteError::Pool(PoolError::Timeout(_) | PoolError::Closed) => true,
+            SqliteError::Sqlite(e) => e.is_transient(),
+            SqliteError::Pool(e) => sofiia_sqlite_support::pool_error_is_transient(e),
             _ => false,
         }
     }
@@ -744,6 +605,7 @@ mod tests {
 
     use std::error::Error as _;
 
+    use rusqlite::ErrorCode;
     use sofiia_core_domain::{Clock, ManualClock};
 
     fn fixture(chat: &str) -> (NewChat, Exchange) {

@@ -42,11 +42,13 @@ use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
 use sofiia_core_domain::{
     Chat, ChatId, ChatTitle, Clock, Cursor, Exchange, ManualClock, Message, MessageId, NewChat,
     NodeId, OperatorId, Page, PageLimit, PageRequest, Role, Timestamp,
 };
+use sofiia_testkit::Guarded;
 
 use crate::{ChatIndexError, ChatIndexStore, DynChatIndexStore};
 
@@ -54,11 +56,7 @@ use crate::{ChatIndexError, ChatIndexStore, DynChatIndexStore};
 ///
 /// The store is dropped before the guard, so a guard may remove what the
 /// store used: a temporary directory, a Redis key prefix.
-pub struct TestStore {
-    // Field order is drop order: the store first, then its guard.
-    store: Box<DynChatIndexStore>,
-    _guard: Box<dyn Any + Send>,
-}
+pub struct TestStore(Guarded<DynChatIndexStore>);
 
 impl TestStore {
     /// A store that needs nothing kept alive.
@@ -72,22 +70,19 @@ impl TestStore {
     /// `tokio::task::block_in_place` there, as cases run on a multi-threaded
     /// runtime.
     pub fn with_guard(store: impl ChatIndexStore, guard: impl Any + Send) -> Self {
-        Self {
-            store: Box::new(store),
-            _guard: Box::new(guard),
-        }
+        Self(Guarded::with_guard(Arc::new(store), guard))
     }
 
     /// The store.
     pub fn store(&self) -> &DynChatIndexStore {
-        &*self.store
+        self.0.get()
     }
 }
 
 impl fmt::Debug for TestStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestStore")
-            .field("store", &self.store)
+            .field("store", &self.store())
             .finish_non_exhaustive()
     }
 }
@@ -1425,31 +1420,10 @@ mod tests {
     /// would silently not run it.
     #[test]
     fn macro_lists_every_case() {
-        let source = include_str!("testing.rs");
-        let (_, listed) = source
-            .split_once("// cases:begin")
-            .expect("the macro marks its case list");
-        let (listed, _) = listed.split_once("// cases:end").expect("the list ends");
-        let listed: Vec<&str> = listed
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("case_"))
-            .map(|l| l.trim_end_matches(','))
-            .collect();
-        let defined: Vec<&str> = source
-            .lines()
-            .filter_map(|l| l.strip_prefix("pub async fn "))
-            .filter_map(|l| l.split_once('(').map(|(name, _)| name))
-            .collect();
-        assert!(defined.len() >= 20, "found only {} cases", defined.len());
-        for name in &defined {
-            assert!(
-                listed.contains(name),
-                "{name} is not in chat_index_store_tests!"
-            );
-        }
-        for name in &listed {
-            assert!(defined.contains(name), "{name} is listed but not defined");
-        }
+        let defined = sofiia_testkit::assert_every_case_listed(
+            include_str!("testing.rs"),
+            "chat_index_store_tests!",
+        );
+        assert!(defined >= 20, "found only {defined} cases");
     }
 }

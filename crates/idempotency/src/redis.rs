@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use deadpool_redis::redis::{self, RedisError, Script, Value};
 use deadpool_redis::{Connection, Pool, PoolError};
 use tokio::time::{Instant, timeout_at};
 
@@ -139,30 +139,13 @@ impl RedisStoreError {
     fn is_unavailable(&self) -> bool {
         match self {
             Self::Timeout(_) => true,
-            Self::Pool(PoolError::Backend(e)) | Self::Redis(e) => is_transient(e),
-            Self::Pool(PoolError::Timeout(_) | PoolError::Closed) => true,
-            Self::Pool(_) | Self::Reply(_) => false,
+            Self::Redis(e) => sofiia_redis_support::is_transient(e),
+            Self::Pool(e) => {
+                sofiia_redis_support::pool_error_is_transient(e, sofiia_redis_support::is_transient)
+            }
+            Self::Reply(_) => false,
         }
     }
-}
-
-fn is_transient(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || matches!(
-            e.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::ClusterDown
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::ReadOnly
-            )
-        )
-        // A script running past `busy-reply-threshold`.
-        || e.code() == Some("BUSY")
 }
 
 /// Whether the connection that produced `e` must not be used again.
@@ -463,6 +446,7 @@ impl fmt::Debug for RedisIdempotencyStore {
 mod tests {
     use std::sync::Arc;
 
+    use deadpool_redis::redis::{ErrorKind, ServerErrorKind, make_extension_error};
     use sofiia_testkit::{RedisServer, RedisTestContext};
 
     use super::*;
@@ -506,6 +490,32 @@ mod tests {
 
     fn is_unavailable<T: fmt::Debug>(r: &Result<T>) -> bool {
         matches!(r, Err(IdempotencyError::Unavailable { .. }))
+    }
+
+    /// A server that cannot serve now is unavailable; one out of memory,
+    /// or redirecting to another cluster node, needs a person.
+    #[test]
+    fn only_not_now_replies_are_unavailable() {
+        // As the reply parser builds them: a known code gets its kind, any
+        // other code is an extension.
+        let known = |kind| RedisError::from((ErrorKind::Server(kind), "reply"));
+        let other = |code: &str| make_extension_error(code.to_owned(), None);
+        for err in [
+            other("BUSY"),
+            known(ServerErrorKind::BusyLoading),
+            known(ServerErrorKind::ReadOnly),
+        ] {
+            assert!(RedisStoreError::Redis(err).is_unavailable());
+        }
+        for err in [
+            other("OOM"),
+            known(ServerErrorKind::Moved),
+            known(ServerErrorKind::Ask),
+        ] {
+            assert!(!RedisStoreError::Redis(err).is_unavailable());
+        }
+        assert!(RedisStoreError::Pool(PoolError::Closed).is_unavailable());
+        assert!(!RedisStoreError::Pool(PoolError::NoRuntimeSpecified).is_unavailable());
     }
 
     #[test]

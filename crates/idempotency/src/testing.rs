@@ -56,6 +56,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sofiia_core_domain::ManualClock;
+use sofiia_testkit::Guarded;
 use tokio::sync::Barrier;
 
 use crate::{
@@ -122,10 +123,8 @@ impl TestTime for RealTime {
 /// The store is dropped before the guard, so a guard may remove what the
 /// store used: a Redis key prefix, a temporary directory.
 pub struct TestStore {
-    // Field order is drop order: the store first, then its guard.
-    store: Arc<DynIdempotencyStore>,
+    store: Guarded<DynIdempotencyStore>,
     time: Box<dyn TestTime>,
-    _guard: Box<dyn Any + Send>,
 }
 
 impl TestStore {
@@ -142,20 +141,19 @@ impl TestStore {
         guard: impl Any + Send,
     ) -> Self {
         Self {
-            store: Arc::new(store),
+            store: Guarded::with_guard(Arc::new(store), guard),
             time: Box::new(time),
-            _guard: Box::new(guard),
         }
     }
 
     /// The store.
     pub fn store(&self) -> &DynIdempotencyStore {
-        &*self.store
+        self.store.get()
     }
 
     /// The store, to share with spawned tasks.
     pub fn shared_store(&self) -> Arc<DynIdempotencyStore> {
-        Arc::clone(&self.store)
+        Arc::clone(self.store.shared())
     }
 
     /// Its time.
@@ -167,7 +165,7 @@ impl TestStore {
 impl fmt::Debug for TestStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestStore")
-            .field("store", &self.store)
+            .field("store", &self.store())
             .finish_non_exhaustive()
     }
 }
@@ -750,31 +748,10 @@ mod tests {
     /// A case missing from the macro's list would silently not run.
     #[test]
     fn macro_lists_every_case() {
-        let source = include_str!("testing.rs");
-        let (_, listed) = source
-            .split_once("// cases:begin")
-            .expect("the macro marks its case list");
-        let (listed, _) = listed.split_once("// cases:end").expect("the list ends");
-        let listed: Vec<&str> = listed
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("case_"))
-            .map(|l| l.trim_end_matches(','))
-            .collect();
-        let defined: Vec<&str> = source
-            .lines()
-            .filter_map(|l| l.strip_prefix("pub async fn "))
-            .filter_map(|l| l.split_once('(').map(|(name, _)| name))
-            .collect();
-        assert!(defined.len() >= 15, "found only {} cases", defined.len());
-        for name in &defined {
-            assert!(
-                listed.contains(name),
-                "{name} is not in idempotency_store_tests!"
-            );
-        }
-        for name in &listed {
-            assert!(defined.contains(name), "{name} is listed but not defined");
-        }
+        let defined = sofiia_testkit::assert_every_case_listed(
+            include_str!("testing.rs"),
+            "idempotency_store_tests!",
+        );
+        assert!(defined >= 15, "found only {defined} cases");
     }
 }

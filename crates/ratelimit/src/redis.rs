@@ -349,26 +349,24 @@ enum RedisError {
 /// busy, out of memory, loading or failing over. Anything else the server
 /// says (a script error, a wrong type, a refused login) is not transient.
 fn redis_is_transient(err: &redis::RedisError) -> bool {
-    err.is_io_error()
-        || err.is_connection_refusal()
-        || err.is_connection_dropped()
-        || err.is_timeout()
+    sofiia_redis_support::is_transient(err)
+        // Beyond the shared list, the limiter also counts a server out of
+        // memory and cluster redirections as transient. They stay here: the
+        // idempotency store reports them as `Backend`, and moving them into
+        // the shared list would change what one of the two answers.
+        || err.code() == Some("OOM")
         || err.is_cluster_error()
         || err.kind() == ErrorKind::ClusterConnectionNotFound
-        || matches!(
-            err.code(),
-            Some(
-                "BUSY" | "LOADING" | "MASTERDOWN" | "OOM" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN"
-            )
-        )
 }
 
 impl RedisError {
     fn is_transient(&self) -> bool {
         match self {
-            RedisError::Pool(PoolError::Backend(e)) | RedisError::Redis(e) => redis_is_transient(e),
-            RedisError::Pool(PoolError::Timeout(_) | PoolError::Closed)
-            | RedisError::Timeout(_) => true,
+            RedisError::Redis(e) => redis_is_transient(e),
+            RedisError::Pool(e) => {
+                sofiia_redis_support::pool_error_is_transient(e, redis_is_transient)
+            }
+            RedisError::Timeout(_) => true,
             _ => false,
         }
     }
@@ -642,6 +640,24 @@ mod tests {
         let d = limiter.check(&c).await.unwrap();
         assert!(d.allowed);
         assert_eq!(d.policies[0].remaining, 1);
+    }
+
+    /// On top of the shared list: a server out of memory and cluster
+    /// redirections.
+    #[test]
+    fn oom_and_cluster_redirections_are_transient_too() {
+        let transient = |line: &str| {
+            let err = redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+                .and_then(|v| v.extract_error())
+                .expect_err("an error reply");
+            RedisError::Redis(err).is_transient()
+        };
+        assert!(transient("OOM used memory > maxmemory"));
+        assert!(transient("MOVED 3999 127.0.0.1:6381") && transient("ASK 3999 x:1"));
+        assert!(transient("LOADING Redis is loading the dataset in memory"));
+        assert!(!transient("WRONGTYPE wrong kind of value"));
+        let gone = redis::RedisError::from((ErrorKind::ClusterConnectionNotFound, "gone"));
+        assert!(RedisError::Redis(gone).is_transient());
     }
 
     #[tokio::test]

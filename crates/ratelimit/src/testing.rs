@@ -36,16 +36,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use sofiia_core_domain::ManualClock;
+use sofiia_testkit::Guarded;
 
 use crate::{Charge, Decision, DynRateLimiter, PolicyState, Quota, RateLimiter};
 use crate::{policy_header, ratelimit_header};
 
 /// A limiter under test, with whatever must live as long as it.
-pub struct TestLimiter {
-    // Field order is drop order: the limiter first, then its guard.
-    limiter: Arc<DynRateLimiter>,
-    _guard: Box<dyn Any + Send>,
-}
+pub struct TestLimiter(Guarded<DynRateLimiter>);
 
 impl TestLimiter {
     /// A limiter that needs nothing kept alive.
@@ -56,22 +53,19 @@ impl TestLimiter {
     /// A limiter and a guard to drop after it, such as the Redis test
     /// context owning its key prefix.
     pub fn with_guard(limiter: impl RateLimiter, guard: impl Any + Send) -> Self {
-        Self {
-            limiter: Arc::new(limiter),
-            _guard: Box::new(guard),
-        }
+        Self(Guarded::with_guard(Arc::new(limiter), guard))
     }
 
     /// The limiter.
     pub fn limiter(&self) -> &Arc<DynRateLimiter> {
-        &self.limiter
+        self.0.shared()
     }
 }
 
 impl fmt::Debug for TestLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestLimiter")
-            .field("limiter", &self.limiter)
+            .field("limiter", self.limiter())
             .finish_non_exhaustive()
     }
 }
@@ -637,31 +631,10 @@ mod tests {
     /// would silently not run it.
     #[test]
     fn macro_lists_every_case() {
-        let source = include_str!("testing.rs");
-        let (_, listed) = source
-            .split_once("// cases:begin")
-            .expect("the macro marks its case list");
-        let (listed, _) = listed.split_once("// cases:end").expect("the list ends");
-        let listed: Vec<&str> = listed
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("case_"))
-            .map(|l| l.trim_end_matches(','))
-            .collect();
-        let defined: Vec<&str> = source
-            .lines()
-            .filter_map(|l| l.strip_prefix("pub async fn "))
-            .filter_map(|l| l.split_once('(').map(|(name, _)| name))
-            .collect();
-        assert!(defined.len() >= 15, "found only {} cases", defined.len());
-        for name in &defined {
-            assert!(
-                listed.contains(name),
-                "{name} is not in rate_limiter_tests!"
-            );
-        }
-        for name in &listed {
-            assert!(defined.contains(name), "{name} is listed but not defined");
-        }
+        let defined = sofiia_testkit::assert_every_case_listed(
+            include_str!("testing.rs"),
+            "rate_limiter_tests!",
+        );
+        assert!(defined >= 15, "found only {defined} cases");
     }
 }

@@ -59,6 +59,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sofiia_core_domain::{ChatId, MessageId, NodeId, OperatorId, OperatorText};
+use sofiia_testkit::Guarded;
 use tokio::sync::watch;
 
 use crate::{DynNodeRouter, InferReply, InferRequest, NodeRouter, RouterError};
@@ -346,38 +347,29 @@ impl NodeRouter for FakeRouter {
 
 /// A router under test, with whatever must stay alive while it is used (a
 /// node server, a temporary directory...).
-pub struct Subject {
-    router: Arc<DynNodeRouter>,
-    _guard: Option<Box<dyn Any + Send>>,
-}
+pub struct Subject(Guarded<DynNodeRouter>);
 
 impl Subject {
     /// A subject that needs nothing kept alive.
     pub fn new(router: Arc<DynNodeRouter>) -> Self {
-        Subject {
-            router,
-            _guard: None,
-        }
+        Subject(Guarded::new(router))
     }
 
     /// A subject that keeps `guard` alive until the case ends.
     pub fn with_guard(router: Arc<DynNodeRouter>, guard: impl Any + Send) -> Self {
-        Subject {
-            router,
-            _guard: Some(Box::new(guard)),
-        }
+        Subject(Guarded::with_guard(router, guard))
     }
 
     /// The router.
     pub fn router(&self) -> &DynNodeRouter {
-        &*self.router
+        self.0.get()
     }
 }
 
 impl fmt::Debug for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subject")
-            .field("router", &self.router)
+            .field("router", &self.router())
             .finish_non_exhaustive()
     }
 }

@@ -1,5 +1,9 @@
 //! Test support for the sofiia-console crates.
 //!
+//! The behavioural suites of the domain crates keep each subject under
+//! test in a [`Guarded`], beside whatever must outlive it, and check with
+//! [`assert_every_case_listed`] that their test macro runs every case.
+//!
 //! Redis-backed tests take their server from `SOFIIA_TEST_REDIS_URL` at run
 //! time:
 //! - unset or unreachable: the test says so loudly on stderr and returns
@@ -27,6 +31,12 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::redis;
 use deadpool_redis::{Config, Pool, Runtime};
+
+mod guarded;
+mod suite;
+
+pub use crate::guarded::Guarded;
+pub use crate::suite::assert_every_case_listed;
 
 /// The variable naming the test Redis.
 pub const REDIS_URL_VAR: &str = "SOFIIA_TEST_REDIS_URL";

@@ -1,0 +1,86 @@
+//! Backend and node probes, shared by `/api/ready` and the background
+//! prober that keeps `sofiia_backend_up` and `sofiia_node_up` current for
+//! alerting.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{Map, Value, json};
+
+use crate::state::AppState;
+
+/// How long one check may take before it counts as failed.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the background prober runs.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The result of one probe round.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Every backend answered.
+    pub ready: bool,
+    /// Per backend: `{"status":"ok"}` or `{"status":"error","error":...}`.
+    pub checks: Map<String, Value>,
+    /// Per node, the same shape; informational.
+    pub nodes: Map<String, Value>,
+}
+
+fn check_result<E: std::fmt::Display>(
+    result: Result<Result<(), E>, tokio::time::error::Elapsed>,
+) -> Value {
+    match result {
+        Ok(Ok(())) => json!({"status": "ok"}),
+        Ok(Err(e)) => json!({"status": "error", "error": e.to_string()}),
+        Err(_) => json!({"status": "error", "error": "timed out"}),
+    }
+}
+
+fn up(v: &Value) -> f64 {
+    if v["status"] == "ok" { 1.0 } else { 0.0 }
+}
+
+/// Checks every backend and node concurrently and updates the gauges.
+pub async fn probe(state: &AppState) -> Health {
+    let (chat_index, idempotency, rate_limiter, audit) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, state.chat_index.check()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.idempotency.store().check()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.rate_limiter.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.audit.check()),
+    );
+    let mut checks = Map::new();
+    checks.insert("chat_index".into(), check_result(chat_index));
+    checks.insert("idempotency".into(), check_result(idempotency));
+    checks.insert("rate_limiter".into(), check_result(rate_limiter));
+    checks.insert("audit".into(), check_result(audit));
+
+    let probes = state.router.nodes().iter().map(|node| {
+        let router = state.router.clone();
+        async move {
+            let result = tokio::time::timeout(CHECK_TIMEOUT, router.probe(node)).await;
+            (node.to_string(), check_result(result))
+        }
+    });
+    let nodes: Map<String, Value> = join_all(probes).await.into_iter().collect();
+
+    for (backend, result) in &checks {
+        metrics::gauge!("sofiia_backend_up", "backend" => backend.clone()).set(up(result));
+    }
+    for (node, result) in &nodes {
+        metrics::gauge!("sofiia_node_up", "node" => node.clone()).set(up(result));
+    }
+    Health {
+        ready: checks.values().all(|c| c["status"] == "ok"),
+        checks,
+        nodes,
+    }
+}
+
+/// Probes every [`PROBE_INTERVAL`] until the task is aborted.
+pub async fn run_prober(state: AppState) {
+    let mut interval = tokio::time::interval(PROBE_INTERVAL);
+    loop {
+        interval.tick().await;
+        probe(&state).await;
+    }
+}
