@@ -246,6 +246,7 @@ fi
 
 # --- redis ------------------------------------------------------------------
 redis_users=()
+[ "$chat_backend" = redis ] && redis_users+=("chat index")
 [ "$idem_backend" = redis ] && redis_users+=(idempotency)
 [ "$rl_backend" = redis ] && redis_users+=("rate limit")
 if [ "${#redis_users[@]}" -eq 0 ]; then

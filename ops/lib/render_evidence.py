@@ -309,8 +309,11 @@ def main() -> int:
             w(f"| {k} | {cell(str(v))} |")
         w("")
         risks = []
-        if config.get("chat_index_backend") == "sqlite":
-            risks.append("The chat index is a SQLite file on this host: no multi-instance HA for the chat index.")
+        chat_backend = config.get("chat_index_backend")
+        if chat_backend == "sqlite":
+            risks.append("The chat index is a SQLite file on this host: no multi-instance HA for the chat index (`SOFIIA_CHAT_INDEX_BACKEND=redis` removes this).")
+        elif chat_backend == "redis":
+            risks.append("The chat index is in Redis: its durability is Redis's (AOF with `appendfsync everysec` or stricter, `maxmemory-policy noeviction`); on Redis Cluster the whole index lives in one slot.")
         else:
             risks.append("The chat index is in memory: every chat is lost on restart.")
         if config.get("idempotency_backend") != "redis":

@@ -329,7 +329,7 @@ impl FromRequest for Operator {
             &state.logger,
             req,
             "auth",
-            slog::o!("outcome" => "denied", "reason" => reason),
+            slog::o!("outcome" => "denied", "reason" => reason, "status" => 401),
         );
         req.extensions_mut().insert(Denied(reason));
         std::future::ready(Err(ApiError::unauthorized_operator()))
@@ -373,7 +373,7 @@ pub async fn deny(
         &state.logger,
         req,
         "auth",
-        slog::o!("outcome" => "denied", "reason" => reason),
+        slog::o!("outcome" => "denied", "reason" => reason, "status" => 401),
     );
     audit_denial(state, req, reason).await
 }

@@ -53,6 +53,9 @@ pub enum ChatIndexBackend {
     Sqlite,
     /// Process memory; lost on restart.
     InMemory,
+    /// Redis (`SOFIIA_REDIS_URL`, under `SOFIIA_REDIS_PREFIX`): one index
+    /// shared by every instance on it.
+    Redis,
 }
 
 /// Where idempotency keys or rate-limit buckets live.
@@ -270,11 +273,12 @@ impl Settings {
 
         let chat_index_backend = match get("SOFIIA_CHAT_INDEX_BACKEND") {
             None | Some("sqlite") => ChatIndexBackend::Sqlite,
+            Some("redis") => ChatIndexBackend::Redis,
             Some("inmemory") => ChatIndexBackend::InMemory,
             Some(_) => {
                 return Err(invalid(
                     "SOFIIA_CHAT_INDEX_BACKEND",
-                    "must be `sqlite` or `inmemory`",
+                    "must be `sqlite`, `redis` or `inmemory`",
                 ));
             }
         };
@@ -406,6 +410,7 @@ impl Settings {
     pub fn uses_redis(&self) -> bool {
         self.idempotency_backend == SharedBackend::Redis
             || self.rate_limit_backend == SharedBackend::Redis
+            || self.chat_index_backend == ChatIndexBackend::Redis
     }
 }
 
@@ -579,6 +584,46 @@ mod tests {
         ] {
             assert_eq!(error_variable(&[(var, bad)]), var, "{var}={bad:?}");
         }
+    }
+
+    #[test]
+    fn chat_index_backends() {
+        for (value, backend, redis) in [
+            ("sqlite", ChatIndexBackend::Sqlite, false),
+            ("inmemory", ChatIndexBackend::InMemory, false),
+            ("redis", ChatIndexBackend::Redis, true),
+        ] {
+            let s = Settings::from_vars(&vars(&[("SOFIIA_CHAT_INDEX_BACKEND", value)])).unwrap();
+            assert_eq!(s.chat_index_backend, backend, "{value}");
+            assert_eq!(s.uses_redis(), redis, "{value}: uses_redis");
+        }
+        // The Redis chat index uses the shared URL and prefix.
+        let s = Settings::from_vars(&vars(&[
+            ("SOFIIA_CHAT_INDEX_BACKEND", "redis"),
+            ("SOFIIA_REDIS_URL", "redis://10.0.0.5:6380/2"),
+            ("SOFIIA_REDIS_PREFIX", "prod:"),
+        ]))
+        .unwrap();
+        assert_eq!(s.redis_url, "redis://10.0.0.5:6380/2");
+        assert_eq!(s.redis_prefix, "prod:");
+        assert_eq!(s.idempotency_backend, SharedBackend::InMemory);
+        for bad in ["Redis", "REDIS", "redis ", "", "postgres", "memory"] {
+            match Settings::from_vars(&vars(&[("SOFIIA_CHAT_INDEX_BACKEND", bad)])) {
+                Err(ConfigError::Invalid { variable, reason }) => {
+                    assert_eq!(variable, "SOFIIA_CHAT_INDEX_BACKEND", "{bad:?}");
+                    assert!(reason.contains("`redis`"), "{reason}");
+                }
+                other => panic!("{bad:?} must be refused, got {other:?}"),
+            }
+        }
+        // A bad URL is refused even when only the chat index uses Redis.
+        assert_eq!(
+            error_variable(&[
+                ("SOFIIA_CHAT_INDEX_BACKEND", "redis"),
+                ("SOFIIA_REDIS_URL", "127.0.0.1:6379"),
+            ]),
+            "SOFIIA_REDIS_URL"
+        );
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //! 3. **Choose the node**: the send's, else the chat's, else the default. An
 //!    unknown node (400) releases the key.
 //! 4. **Infer**. A failure (502/504) releases the key, so a retry runs again.
-//! 5. **Store** both messages, and the chat on its first send, atomically.
-//!    A failure releases the key.
+//! 5. **Store** both messages, and the chat on its first send, atomically,
+//!    retried twice if the chat index is unavailable (a repeated append of
+//!    the same exchange is a no-op). A failure releases the key.
 //! 6. **Audit** the send. If the event cannot be written the client gets
 //!    503, but the key still completes with the real answer (step 7), so a
 //!    retry replays it instead of sending twice.
@@ -401,7 +402,7 @@ async fn execute(state: &AppState, req: SendRequest) -> Result<SendAnswer, ApiEr
         node: node.clone(),
         created_at: exchange.operator.ts,
     };
-    if let Err(e) = state.chat_index.append_exchange(new_chat, &exchange).await {
+    if let Err(e) = store_exchange(state, new_chat, &exchange).await {
         guard.release().await;
         let error = ApiError::from(e);
         audit::record(
@@ -449,6 +450,37 @@ async fn execute(state: &AppState, req: SendRequest) -> Result<SendAnswer, ApiEr
     }
     audited?;
     Ok(SendAnswer::Sent { response, quotas })
+}
+
+/// Delays before retrying a write that failed as unavailable.
+const STORE_RETRIES: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(250)];
+
+/// Stores the exchange, retrying while the chat index is unavailable. A
+/// write that timed out may have been applied; appending the same exchange
+/// again is a no-op, so retrying is safe, and it saves a send whose node
+/// already answered from being reported failed (and run again by the retry).
+async fn store_exchange(
+    state: &AppState,
+    new_chat: NewChat,
+    exchange: &Exchange,
+) -> Result<(), sofiia_chat_index::ChatIndexError> {
+    let mut delays = STORE_RETRIES.iter();
+    loop {
+        match state
+            .chat_index
+            .append_exchange(new_chat.clone(), exchange)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(sofiia_chat_index::ChatIndexError::Unavailable { source }) => {
+                let Some(delay) = delays.next() else {
+                    return Err(sofiia_chat_index::ChatIndexError::Unavailable { source });
+                };
+                tokio::time::sleep(*delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn store_unavailable(what: &'static str) -> ApiError {

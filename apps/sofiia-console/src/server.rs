@@ -8,7 +8,7 @@ use actix_web::dev::{ServerHandle, ServiceFactory, ServiceRequest, ServiceRespon
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use slog::{Logger, info, warn};
-use sofiia_chat_index::{DynChatIndexStore, MemoryChatIndex, SqliteChatIndex};
+use sofiia_chat_index::{DynChatIndexStore, MemoryChatIndex, RedisChatIndex, SqliteChatIndex};
 use std::time::Duration;
 
 use sofiia_audit_store::{DynAuditStore, SqliteAuditStore};
@@ -90,13 +90,36 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
         }
     };
 
-    let chat_index: Arc<DynChatIndexStore> = match settings.chat_index_backend {
-        ChatIndexBackend::Sqlite => {
-            let path = settings.data_dir.join("chat-index.db");
+    // One pool for every Redis backend, opened before them; connections are
+    // made on first use, so a Redis that is down at start makes the
+    // readiness probe fail, not the start.
+    let redis = if settings.uses_redis() {
+        info!(logger, "redis backends enabled"; "prefix" => settings.redis_prefix.as_str());
+        Some(redis_pool(&settings.redis_url)?)
+    } else {
+        None
+    };
+
+    let chat_index: Arc<DynChatIndexStore> = match (&redis, settings.chat_index_backend) {
+        (Some(pool), ChatIndexBackend::Redis) => {
+            info!(logger, "chat index: redis; shared by every instance on it"; "prefix" => settings.redis_prefix.as_str());
+            Arc::new(RedisChatIndex::new(
+                pool.clone(),
+                settings.redis_prefix.clone(),
+            ))
+        }
+        (None, ChatIndexBackend::Redis) => {
+            // `uses_redis` covers the Redis chat index, so this cannot be.
+            return Err(StartError::Redis(
+                "the redis chat index needs a redis pool".to_owned(),
+            ));
+        }
+        (_, ChatIndexBackend::Sqlite) => {
+            let path = settings.data_dir.join(CHAT_INDEX_DB);
             info!(logger, "chat index: sqlite"; "path" => path.display().to_string());
             Arc::new(SqliteChatIndex::open(&path).await?)
         }
-        ChatIndexBackend::InMemory => {
+        (_, ChatIndexBackend::InMemory) => {
             warn!(logger, "chat index: inmemory; chats are lost on restart");
             Arc::new(MemoryChatIndex::new())
         }
@@ -125,12 +148,6 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
     };
 
     let clock: Arc<DynClock> = Arc::new(SystemClock);
-    let redis = if settings.uses_redis() {
-        info!(logger, "redis backends enabled"; "prefix" => settings.redis_prefix.as_str());
-        Some(redis_pool(&settings.redis_url)?)
-    } else {
-        None
-    };
 
     let idempotency_store: Arc<DynIdempotencyStore> = match (&redis, settings.idempotency_backend) {
         (Some(pool), SharedBackend::Redis) => Arc::new(RedisIdempotencyStore::new(
@@ -201,6 +218,9 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
 
 /// The audit store's file in the data dir.
 pub const AUDIT_DB: &str = "audit.db";
+
+/// The SQLite chat index's file in the data dir.
+pub const CHAT_INDEX_DB: &str = "chat-index.db";
 
 /// Most rate-limit buckets the in-memory limiter keeps; idle buckets are
 /// dropped first, and a dropped idle bucket is indistinguishable from a new one.

@@ -27,6 +27,10 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// When the request arrived, for the `latency_ms` of its log lines.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStart(pub Instant);
+
 /// The chat a request acts on when its path does not name one (chat
 /// creation), for the `chat_id` of its log lines.
 #[derive(Debug, Clone)]
@@ -113,8 +117,9 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Writes one flow event: `flow`, the request's id, operator and chat, and
-/// `kv`. Never pass message text, tokens or keys in `kv`.
+/// Writes one flow event: `flow`, the request's id, operator and chat, the
+/// time since the request arrived (`latency_ms`), and `kv`. Never pass
+/// message text, tokens or keys in `kv`.
 pub fn flow_event<T>(logger: &Logger, req: &HttpRequest, flow: &'static str, kv: slog::OwnedKV<T>)
 where
     T: slog::SendSyncRefUnwindSafeKV + 'static,
@@ -127,12 +132,16 @@ where
         .get("chat_id")
         .map(str::to_owned)
         .or_else(|| ext.get::<LogChatId>().map(|c| c.0.clone()));
+    let latency_ms = ext
+        .get::<RequestStart>()
+        .map(|s| u64::try_from(s.0.elapsed().as_millis()).unwrap_or(u64::MAX));
     drop(ext);
     let logger = logger.new(o!(
         "flow" => flow,
         "request_id" => request_id,
         "operator" => operator,
         "chat_id" => chat_id,
+        "latency_ms" => latency_ms,
     ));
     slog::info!(logger.new(kv), "{}", flow);
 }
@@ -206,6 +215,7 @@ pub async fn request_middleware(
     let started = Instant::now();
     let request_id = request_id_from(&req);
     req.extensions_mut().insert(RequestId(request_id.clone()));
+    req.extensions_mut().insert(RequestStart(started));
 
     // Routing needs the request unshared, so nothing may hold a clone of it
     // while the inner service runs. Handler and extractor errors arrive as
@@ -257,7 +267,6 @@ pub async fn request_middleware(
     .record(elapsed.as_secs_f64());
 
     if let Some(logger) = logger {
-        let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         if status.is_server_error() {
             flow_event(
                 &logger,
@@ -275,7 +284,6 @@ pub async fn request_middleware(
                 "route" => route,
                 "path" => http_req.path().to_owned(),
                 "status" => status.as_u16(),
-                "latency_ms" => latency_ms,
             ),
         );
     }

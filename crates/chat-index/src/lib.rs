@@ -9,7 +9,16 @@
 //! Backends:
 //! - [`MemoryChatIndex`]: in-process, for tests and single-instance demos;
 //! - [`SqliteChatIndex`] (feature `sqlite`, on by default): a SQLite file in
-//!   WAL mode, the console's default.
+//!   WAL mode, the console's default;
+//! - [`RedisChatIndex`] (feature `redis`, on by default): one index in
+//!   Redis shared by any number of console instances, so that they behave
+//!   as one console (data layout, complexity, Cluster notes and failure
+//!   modes on its page).
+//!
+//! [`ChatIndexStore::import_chat`] copies a chat and its messages from one
+//! store to another, batch by batch, idempotently: a migration (such as
+//! `sofiia-console migrate-chat-index --from sqlite --to redis`) can be run
+//! again, or resumed after a crash, and ends with the same result.
 //!
 //! Every backend passes the same behavioural suite, [`testing`] (feature
 //! `testing`), which an embedder can run against a backend of their own with
@@ -41,6 +50,7 @@
 //! # Features
 //!
 //! - `sqlite` (default): [`SqliteChatIndex`] and [`SqliteOptions`];
+//! - `redis` (default): [`RedisChatIndex`], on a `deadpool-redis` pool;
 //! - `testing`: the [`testing`] module and [`chat_index_store_tests!`]; it
 //!   brings in tokio's multi-threaded runtime.
 //!
@@ -50,6 +60,7 @@
     not(feature = "sqlite"),
     doc = "[`SqliteChatIndex`]: #features\n[`SqliteOptions`]: #features"
 )]
+#![cfg_attr(not(feature = "redis"), doc = "[`RedisChatIndex`]: #features")]
 #![cfg_attr(
     not(any(test, feature = "testing")),
     doc = "[`testing`]: #features\n[`chat_index_store_tests!`]: #features"
@@ -62,13 +73,18 @@ use async_trait::async_trait;
 use sofiia_core_domain::{Chat, ChatId, Exchange, Message, NewChat, Page, PageRequest};
 
 mod exchange;
+mod import;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use crate::memory::MemoryChatIndex;
+#[cfg(feature = "redis")]
+pub use crate::redis::RedisChatIndex;
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::{SqliteChatIndex, SqliteOptions};
 
@@ -178,6 +194,42 @@ pub trait ChatIndexStore: Debug + Send + Sync + 'static {
     /// [`ChatIndexError::NotFound`] if the chat does not exist, or a backend error.
     async fn list_messages(&self, chat: &ChatId, page: &PageRequest) -> Result<Page<Message>>;
 
+    /// Stores a chat and a batch of its messages as another store holds
+    /// them: the step a migration between backends repeats, batch by batch,
+    /// for every chat. All or nothing, and safe to repeat.
+    ///
+    /// - The chat is `chat.id`. If it does not exist it is created with the
+    ///   `title`, `node`, `created_at` and `updated_at` of `chat`; if it
+    ///   does, its title, node and creation time are kept and its
+    ///   `updated_at` becomes the later of its own and `chat.updated_at`.
+    /// - Every message whose id is not stored yet is stored exactly as given
+    ///   (id, time, role, text, operator, node); one whose id is already
+    ///   stored in this chat is left as it is (and not compared).
+    /// - `chat.message_count` is not copied: the chat's count grows by
+    ///   exactly the number of messages this call stored. So importing a
+    ///   batch twice, or resuming a migration that stopped half-way through
+    ///   a chat, can never count a message twice; once every message of a
+    ///   chat has been imported, its count is the source's (for a source
+    ///   whose count matches its messages, which every backend here keeps).
+    ///
+    /// Importing any set of batches of one chat, in any order, any number of
+    /// times, therefore leaves the same result as importing each message
+    /// once. Nothing else is checked: an import may hold any mix of roles
+    /// and times.
+    ///
+    /// # Errors
+    ///
+    /// On any error nothing was stored.
+    ///
+    /// - [`ChatIndexError::Backend`] for a batch that can only come from a
+    ///   bug in the caller, or a target holding other data under the same
+    ///   ids: a message naming another chat, one id twice in the batch,
+    ///   `chat.updated_at` before `chat.created_at`, or a message id stored
+    ///   in another chat;
+    /// - [`ChatIndexError::Unavailable`] or [`ChatIndexError::Backend`] when
+    ///   the backend fails.
+    async fn import_chat(&self, chat: &Chat, messages: &[Message]) -> Result<Imported>;
+
     /// Checks that the backend answers, for readiness probes.
     ///
     /// # Errors
@@ -188,3 +240,31 @@ pub trait ChatIndexStore: Debug + Send + Sync + 'static {
 
 /// A chat index as a trait object; the console holds an `Arc<DynChatIndexStore>`.
 pub type DynChatIndexStore = dyn ChatIndexStore;
+
+/// What one [`ChatIndexStore::import_chat`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Imported {
+    /// The chat as it is stored after the import.
+    pub chat: Chat,
+    /// Whether this import created the chat.
+    pub created: bool,
+    /// How many messages of the batch this import stored.
+    pub inserted: u64,
+    /// How many messages of the batch were already stored in the chat and
+    /// were left as they were.
+    pub present: u64,
+}
+
+impl Imported {
+    /// What a backend reports after an import (the struct is
+    /// `#[non_exhaustive]`, so backends outside this crate build it here).
+    pub fn new(chat: Chat, created: bool, inserted: u64, present: u64) -> Self {
+        Self {
+            chat,
+            created,
+            inserted,
+            present,
+        }
+    }
+}

@@ -11,7 +11,8 @@ use sofiia_core_domain::{
 };
 
 use crate::exchange::{self, ExchangeError};
-use crate::{ChatIndexError, ChatIndexStore, Result};
+use crate::import::{self, ImportError};
+use crate::{ChatIndexError, ChatIndexStore, Imported, Result};
 
 /// A chat index held in memory, for tests and single-instance demos.
 ///
@@ -168,12 +169,7 @@ impl ChatIndexStore for MemoryChatIndex {
             return Err(MemoryError::Inconsistent.into());
         };
         let chat = &mut entry.chat;
-        let new_updated_at = chat.updated_at.max(exchange.agent.ts);
-        if new_updated_at != chat.updated_at {
-            by_activity.remove(&(chat.updated_at, chat_key.to_owned()));
-            by_activity.insert((new_updated_at, chat_key.to_owned()));
-            chat.updated_at = new_updated_at;
-        }
+        touch(by_activity, chat, exchange.agent.ts);
         chat.message_count = chat.message_count.saturating_add(2);
         for message in [&exchange.operator, &exchange.agent] {
             entry
@@ -214,9 +210,74 @@ impl ChatIndexStore for MemoryChatIndex {
         Ok(Page::from_overfetch(items, page.limit, Message::cursor))
     }
 
+    async fn import_chat(&self, chat: &Chat, messages: &[Message]) -> Result<Imported> {
+        import::check(chat, messages)?;
+        let chat_key = chat.id.as_str();
+        let mut inner = self.write()?;
+
+        // Every check comes before the first change, so a refused batch
+        // leaves nothing behind.
+        let foreign = messages.iter().any(|m| {
+            inner
+                .message_chats
+                .get(&m.id)
+                .is_some_and(|owner| owner != chat_key)
+        });
+        if foreign {
+            return Err(ImportError::IdInOtherChat.into());
+        }
+
+        let created = !inner.chats.contains_key(chat_key);
+        if created {
+            inner.insert_chat(Chat {
+                message_count: 0,
+                ..chat.clone()
+            });
+        }
+        let Inner {
+            chats,
+            by_activity,
+            message_chats,
+        } = &mut *inner;
+        let Some(entry) = chats.get_mut(chat_key) else {
+            // Present or inserted just above, under the same lock.
+            return Err(MemoryError::Inconsistent.into());
+        };
+        touch(by_activity, &mut entry.chat, chat.updated_at);
+        let mut inserted = 0_u64;
+        for message in messages {
+            if message_chats.contains_key(&message.id) {
+                continue;
+            }
+            entry
+                .messages
+                .insert((message.ts, message.id.to_string()), message.clone());
+            message_chats.insert(message.id, chat_key.to_owned());
+            inserted += 1;
+        }
+        entry.chat.message_count = entry.chat.message_count.saturating_add(inserted);
+        Ok(Imported {
+            chat: entry.chat.clone(),
+            created,
+            inserted,
+            present: messages.len() as u64 - inserted,
+        })
+    }
+
     async fn check(&self) -> Result<()> {
         drop(self.read()?);
         Ok(())
+    }
+}
+
+/// Moves `chat` to `max(updated_at, ts)` in the activity order.
+fn touch(by_activity: &mut BTreeSet<(Timestamp, String)>, chat: &mut Chat, ts: Timestamp) {
+    let new_updated_at = chat.updated_at.max(ts);
+    if new_updated_at != chat.updated_at {
+        let key = chat.id.as_str().to_owned();
+        by_activity.remove(&(chat.updated_at, key.clone()));
+        by_activity.insert((new_updated_at, key));
+        chat.updated_at = new_updated_at;
     }
 }
 
@@ -309,6 +370,12 @@ mod tests {
                 .map(drop),
         );
         backend(store.list_chats(&PageRequest::default()).await.map(drop));
+        backend(
+            store
+                .import_chat(&new_chat.clone().into_chat(), &[])
+                .await
+                .map(drop),
+        );
         backend(
             store
                 .list_messages(&new_chat.id, &PageRequest::default())

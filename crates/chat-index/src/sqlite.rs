@@ -16,7 +16,8 @@ use sofiia_core_domain::{
 use sofiia_sqlite_support::{ConnectionRole, Setup, build_pool, migrate, ping};
 
 use crate::exchange::{self, ExchangeError};
-use crate::{ChatIndexError, ChatIndexStore, Result};
+use crate::import::{self, ImportError};
+use crate::{ChatIndexError, ChatIndexStore, Imported, Result};
 
 /// The schema, one entry per version; `PRAGMA user_version` records how many
 /// have run. Entries are never edited once released, only appended.
@@ -79,6 +80,14 @@ const INSERT_CHAT: &str =
     ON CONFLICT (id) DO NOTHING";
 const INSERT_MESSAGE: &str = "INSERT INTO messages (id, chat_id, role, text, ts, operator_id, node)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+const INSERT_MESSAGE_IF_NEW: &str =
+    "INSERT INTO messages (id, chat_id, role, text, ts, operator_id, node)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+    ON CONFLICT (id) DO NOTHING";
+const IMPORT_TOUCH_CHAT: &str = "UPDATE chats
+    SET updated_at = max(updated_at, ?2), message_count = message_count + ?3
+    WHERE id = ?1
+    RETURNING id, title, node, created_at, updated_at, message_count";
 const TOUCH_CHAT: &str = "UPDATE chats
     SET updated_at = max(updated_at, ?2), message_count = message_count + 2
     WHERE id = ?1
@@ -353,6 +362,15 @@ impl ChatIndexStore for SqliteChatIndex {
         Ok(Page::from_overfetch(items, page.limit, Message::cursor))
     }
 
+    async fn import_chat(&self, chat: &Chat, messages: &[Message]) -> Result<Imported> {
+        import::check(chat, messages)?;
+        let chat = chat.clone();
+        let messages = messages.to_vec();
+        Ok(self
+            .with_write(move |conn| import_batch(conn, &chat, &messages))
+            .await?)
+    }
+
     async fn check(&self) -> Result<()> {
         Ok(self.with_read(ping).await?)
     }
@@ -442,6 +460,64 @@ fn append(
     let chat = row.into_chat()?;
     tx.commit()?;
     Ok(chat)
+}
+
+fn import_batch(
+    conn: &mut Connection,
+    chat: &Chat,
+    messages: &[Message],
+) -> Result<Imported, SqliteError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut owner_of = tx.prepare_cached(MESSAGE_CHAT)?;
+        for m in messages {
+            let owner: Option<String> = owner_of
+                .query_row([m.id.to_string()], |r| r.get(0))
+                .optional()?;
+            if owner.is_some_and(|owner| owner != chat.id.as_str()) {
+                return Err(ImportError::IdInOtherChat.into());
+            }
+        }
+    }
+    let created = insert_chat(
+        &tx,
+        &Chat {
+            message_count: 0,
+            ..chat.clone()
+        },
+    )?;
+    let mut inserted = 0_u64;
+    {
+        // Only ids of this chat can conflict (checked above): those are the
+        // messages already present, left as they are.
+        let mut insert = tx.prepare_cached(INSERT_MESSAGE_IF_NEW)?;
+        for m in messages {
+            let n = insert.execute(params![
+                m.id.to_string(),
+                m.chat_id.as_str(),
+                m.role.as_str(),
+                m.text,
+                m.ts.as_unix_millis(),
+                m.operator_id.as_str(),
+                m.node.as_str(),
+            ])?;
+            inserted += n as u64;
+        }
+    }
+    let added = i64::try_from(inserted).map_err(|_| SqliteError::CountOverflow)?;
+    let row = tx.prepare_cached(IMPORT_TOUCH_CHAT)?.query_row(
+        params![chat.id.as_str(), chat.updated_at.as_unix_millis(), added],
+        ChatRow::read,
+    )?;
+    // Validated before the commit, as in `append`.
+    let stored = row.into_chat()?;
+    tx.commit()?;
+    Ok(Imported {
+        chat: stored,
+        created,
+        inserted,
+        present: messages.len() as u64 - inserted,
+    })
 }
 
 /// A `chats` row as stored, before validation.
@@ -555,6 +631,8 @@ enum SqliteError {
     MissingChat,
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
+    #[error(transparent)]
+    Import(#[from] ImportError),
 }
 
 impl From<rusqlite::Error> for SqliteError {
@@ -579,6 +657,7 @@ impl From<SqliteError> for ChatIndexError {
     fn from(err: SqliteError) -> Self {
         match err {
             SqliteError::Exchange(e) => e.into(),
+            SqliteError::Import(e) => e.into(),
             err if err.is_transient() => ChatIndexError::Unavailable {
                 source: Box::new(err),
             },

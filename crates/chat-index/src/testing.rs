@@ -50,7 +50,7 @@ use sofiia_core_domain::{
 };
 use sofiia_testkit::Guarded;
 
-use crate::{ChatIndexError, ChatIndexStore, DynChatIndexStore};
+use crate::{ChatIndexError, ChatIndexStore, DynChatIndexStore, Imported};
 
 /// A store under test, with whatever must live as long as it.
 ///
@@ -87,10 +87,35 @@ impl fmt::Debug for TestStore {
     }
 }
 
+/// What a suite constructor returns: a [`TestStore`], or an
+/// `Option<TestStore>` for a backend that may be missing where the tests
+/// run (a server that is not configured).
+///
+/// `None` ends the case at once, so the constructor must say loudly why it
+/// has no store, and fail instead where the backend is required; see
+/// `sofiia_testkit::RedisTestContext`, which does both.
+pub trait IntoTestStore {
+    /// The store, if there is one.
+    fn into_test_store(self) -> Option<TestStore>;
+}
+
+impl IntoTestStore for TestStore {
+    fn into_test_store(self) -> Option<TestStore> {
+        Some(self)
+    }
+}
+
+impl IntoTestStore for Option<TestStore> {
+    fn into_test_store(self) -> Option<TestStore> {
+        self
+    }
+}
+
 /// Expands to one `#[tokio::test]` per case of [`testing`](crate::testing),
 /// each on a fresh store from the given constructor.
 ///
-/// The constructor is an `async fn() -> TestStore`, given either inline (see
+/// The constructor is an `async fn() -> TestStore` (or
+/// `-> Option<TestStore>`, see [`IntoTestStore`]), given either inline (see
 /// the [module](crate::testing) documentation) or as the path of such a
 /// function defined elsewhere:
 ///
@@ -109,14 +134,19 @@ impl fmt::Debug for TestStore {
 /// ```
 ///
 /// The calling crate needs `tokio` with the `macros` and `rt-multi-thread`
-/// features among its dev-dependencies. Every case always runs: a backend
-/// that cannot meet one must fail it, not skip it.
+/// features among its dev-dependencies. Every case runs on every store:
+/// a backend that cannot meet one must fail it, not skip it; only a
+/// constructor that has no store at all (`None`) ends a case early.
 #[macro_export]
 macro_rules! chat_index_store_tests {
     (@cases $ctor:path; $($case:ident),+ $(,)?) => {$(
         #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
-            let store: $crate::testing::TestStore = $ctor().await;
+            let Some(store) = $crate::testing::IntoTestStore::into_test_store($ctor().await)
+            else {
+                // The constructor has said, loudly, why there is no store.
+                return;
+            };
             $crate::testing::$case(store.store()).await;
         }
     )+};
@@ -152,6 +182,12 @@ macro_rules! chat_index_store_tests {
             case_cursor_of_moved_chat_stays_valid,
             case_concurrent_appends_to_one_chat_are_all_stored,
             case_concurrent_replays_store_one_copy,
+            case_import_stores_chats_and_messages_as_given,
+            case_import_repeated_or_resumed_leaves_the_same_result,
+            case_import_into_existing_chat_keeps_it_and_takes_the_later_time,
+            case_imported_chats_take_appends_replays_and_conflicts,
+            case_import_rejects_inconsistent_batches_atomically,
+            case_concurrent_imports_store_each_message_once,
             // cases:end
         );
     };
@@ -1412,6 +1448,362 @@ pub async fn case_concurrent_replays_store_one_copy(store: &DynChatIndexStore) {
         vec![exchange.agent.clone(), exchange.operator.clone()]
     );
     assert_eq!(get(store, &id).await.map(|c| c.message_count), Some(2));
+}
+
+// ---------------------------------------------------------------------------
+// Import.
+
+/// `n` messages of `chat` with shuffled ids, both roles, and times spread
+/// over four values (so many share one), as another store could hold them.
+fn import_messages(fx: &Fx, chat: &ChatId, n: usize, seed: u64) -> Vec<Message> {
+    shuffled_ids(n, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let role = if i % 3 == 0 {
+                Role::Agent
+            } else {
+                Role::Operator
+            };
+            let offset = i64::try_from(i % 4).expect("small") * 10;
+            let mut m = fx.message(chat, id, role, fx.at(offset), &format!("imported {i}\n✓"));
+            if i % 5 == 0 {
+                m.node = fx.other_node.clone();
+                m.operator_id = OperatorId::new("bob.ops-2").expect("valid operator");
+            }
+            m
+        })
+        .collect()
+}
+
+async fn import(store: &DynChatIndexStore, chat: &Chat, messages: &[Message]) -> Imported {
+    store
+        .import_chat(chat, messages)
+        .await
+        .expect("import_chat")
+}
+
+/// Checks that the store holds `chat` exactly, with exactly `messages`,
+/// walked with every page size.
+async fn assert_chat_holds(store: &DynChatIndexStore, chat: &Chat, messages: &[Message]) {
+    assert_eq!(
+        get(store, &chat.id).await.as_ref(),
+        Some(chat),
+        "the chat record"
+    );
+    let mut expected = messages.to_vec();
+    expected.sort_by_key(|m| std::cmp::Reverse((m.ts, m.id.to_string())));
+    let expected_ids = message_ids(&expected);
+    for size in WALK_SIZES {
+        let walked = walk_messages(store, &chat.id, size, 1000).await;
+        assert_sequence(
+            &message_ids(&walked),
+            &expected_ids,
+            &format!("messages of {}, page size {size}", chat.id),
+        );
+    }
+    assert_eq!(
+        all_messages(store, &chat.id).await,
+        expected,
+        "every field of every message of {}",
+        chat.id
+    );
+}
+
+/// An import stores the chat with the given title, node and times, and
+/// every message exactly as given; each batch adds its messages to the
+/// count, so the whole chat ends with the source's count. An empty batch
+/// creates the chat alone.
+pub async fn case_import_stores_chats_and_messages_as_given(store: &DynChatIndexStore) {
+    let fx = Fx::new();
+    let id = chat_id("imported:chat.1");
+    let messages = import_messages(&fx, &id, 60, 0x1234);
+    let chat = Chat {
+        id: id.clone(),
+        title: Some(ChatTitle::new("Imported — from SQLite").expect("valid title")),
+        node: fx.other_node.clone(),
+        created_at: fx.at(-100),
+        updated_at: fx.at(30),
+        message_count: 60,
+    };
+    for (n, batch) in messages.chunks(25).enumerate() {
+        let imported = import(store, &chat, batch).await;
+        let so_far = u64::try_from(messages.len().min((n + 1) * 25)).expect("small");
+        assert_eq!(imported.created, n == 0, "batch {n}");
+        assert_eq!(imported.inserted, batch.len() as u64, "batch {n}");
+        assert_eq!(imported.present, 0, "batch {n}");
+        assert_eq!(
+            imported.chat,
+            Chat {
+                message_count: so_far,
+                ..chat.clone()
+            },
+            "batch {n}"
+        );
+    }
+    assert_chat_holds(store, &chat, &messages).await;
+
+    // No messages, an older activity time, no title.
+    let empty = Chat {
+        id: chat_id("imported-empty"),
+        title: None,
+        node: fx.node.clone(),
+        created_at: fx.at(-500),
+        updated_at: fx.at(-400),
+        message_count: 0,
+    };
+    let imported = import(store, &empty, &[]).await;
+    assert!(imported.created);
+    assert_eq!((imported.inserted, imported.present), (0, 0));
+    assert_eq!(imported.chat, empty);
+    assert_chat_holds(store, &empty, &[]).await;
+    assert_eq!(
+        all_chats(store).await,
+        vec![chat, empty],
+        "listed by the imported activity times"
+    );
+}
+
+/// Importing batches again, overlapping, in another order, or after a
+/// stop half-way through a chat, never stores or counts a message twice:
+/// the end state is the one of importing each message once.
+pub async fn case_import_repeated_or_resumed_leaves_the_same_result(store: &DynChatIndexStore) {
+    let fx = Fx::new();
+    let id = chat_id("resumed");
+    let messages = import_messages(&fx, &id, 60, 0xbeef);
+    let chat = Chat {
+        id: id.clone(),
+        title: None,
+        node: fx.node.clone(),
+        created_at: fx.at(0),
+        updated_at: fx.at(40),
+        message_count: 60,
+    };
+    // (batch, expected inserted, expected present)
+    let steps: [(&[Message], u64, u64); 6] = [
+        (&messages[0..20], 20, 0),
+        // A retry of a batch whose answer was lost.
+        (&messages[0..20], 0, 20),
+        // A resumed run re-reading part of what it had done.
+        (&messages[10..40], 20, 10),
+        // Later batches first.
+        (&messages[50..60], 10, 0),
+        (&messages[..], 10, 50),
+        // The whole migration again.
+        (&messages[..], 0, 60),
+    ];
+    let mut count = 0;
+    for (n, (batch, inserted, present)) in steps.into_iter().enumerate() {
+        let imported = import(store, &chat, batch).await;
+        count += inserted;
+        assert_eq!(
+            (imported.inserted, imported.present),
+            (inserted, present),
+            "step {n}"
+        );
+        assert_eq!(imported.created, n == 0, "step {n}");
+        assert_eq!(imported.chat.message_count, count, "step {n}");
+    }
+    assert_chat_holds(store, &chat, &messages).await;
+    let before = all_messages(store, &id).await;
+    import(store, &chat, &messages).await;
+    assert_eq!(all_messages(store, &id).await, before, "nothing changed");
+    assert_eq!(all_chats(store).await, vec![chat]);
+}
+
+/// An import into a chat that exists keeps its title, node and creation
+/// time, and moves its activity time only forward.
+pub async fn case_import_into_existing_chat_keeps_it_and_takes_the_later_time(
+    store: &DynChatIndexStore,
+) {
+    let fx = Fx::new();
+    let original = NewChat {
+        title: Some(ChatTitle::new("live").expect("valid title")),
+        ..fx.new_chat("existing", fx.at(10))
+    };
+    store
+        .create_chat(original.clone())
+        .await
+        .expect("create_chat");
+    let id = original.id.clone();
+    let messages = import_messages(&fx, &id, 8, 3);
+    let source = Chat {
+        id: id.clone(),
+        title: Some(ChatTitle::new("source").expect("valid title")),
+        node: fx.other_node.clone(),
+        created_at: fx.at(0),
+        updated_at: fx.at(5),
+        message_count: 8,
+    };
+    let imported = import(store, &source, &messages[..4]).await;
+    assert!(!imported.created);
+    let expected = Chat {
+        message_count: 4,
+        ..original.clone().into_chat()
+    };
+    assert_eq!(imported.chat, expected, "an earlier time changes nothing");
+
+    let later = Chat {
+        updated_at: fx.at(70),
+        ..source
+    };
+    let imported = import(store, &later, &messages[4..]).await;
+    let expected = Chat {
+        updated_at: fx.at(70),
+        message_count: 8,
+        ..original.into_chat()
+    };
+    assert_eq!(imported.chat, expected, "a later time is taken");
+    assert_chat_holds(store, &expected, &messages).await;
+    assert_eq!(all_chats(store).await, vec![expected]);
+}
+
+/// An imported chat is a chat like any other: appends count on from the
+/// imported count, an exchange whose operator message was imported is a
+/// replay, and creating it again conflicts.
+pub async fn case_imported_chats_take_appends_replays_and_conflicts(store: &DynChatIndexStore) {
+    let fx = Fx::new();
+    let id = chat_id("migrated");
+    let first = fx.exchange_with(&id, fresh_ids(), (fx.at(1), fx.at(2)));
+    let chat = Chat {
+        id: id.clone(),
+        title: None,
+        node: fx.node.clone(),
+        created_at: fx.at(0),
+        updated_at: fx.at(2),
+        message_count: 2,
+    };
+    let messages = [first.operator.clone(), first.agent.clone()];
+    assert_eq!(import(store, &chat, &messages).await.chat, chat);
+
+    let replayed = append(store, fx.new_chat("migrated", fx.at(0)), &first).await;
+    assert_eq!(replayed, chat, "an imported send is not stored again");
+
+    let next = fx.exchange_with(&id, fresh_ids(), (fx.at(3), fx.at(4)));
+    let appended = append(store, fx.new_chat("migrated", fx.at(0)), &next).await;
+    assert_eq!(appended.message_count, 4);
+    assert_eq!(appended.updated_at, fx.at(4));
+    match store.create_chat(fx.new_chat("migrated", fx.at(9))).await {
+        Err(ChatIndexError::Conflict { id: conflict }) => assert_eq!(conflict, id),
+        other => panic!("expected Conflict for an imported chat, got {other:?}"),
+    }
+
+    // Importing the appended messages too (a migration run after the
+    // switch) changes nothing.
+    let all = [
+        first.operator.clone(),
+        first.agent.clone(),
+        next.operator.clone(),
+        next.agent.clone(),
+    ];
+    let imported = import(store, &chat, &all).await;
+    assert_eq!((imported.inserted, imported.present), (0, 4));
+    assert_eq!(imported.chat, appended);
+    assert_chat_holds(store, &appended, &all).await;
+}
+
+/// Batches that cannot be right are refused with `Backend`, and nothing of
+/// them is stored.
+pub async fn case_import_rejects_inconsistent_batches_atomically(store: &DynChatIndexStore) {
+    let fx = Fx::new();
+    let id = chat_id("target");
+    let chat = Chat {
+        id: id.clone(),
+        title: None,
+        node: fx.node.clone(),
+        created_at: fx.at(0),
+        updated_at: fx.at(9),
+        message_count: 0,
+    };
+    let messages = import_messages(&fx, &id, 6, 11);
+    let refused = |result: crate::Result<Imported>, what: &str| {
+        assert_backend_error(result.map(|i| i.chat), what);
+    };
+
+    let mut foreign_chat = messages.clone();
+    foreign_chat[3].chat_id = chat_id("elsewhere");
+    refused(
+        store.import_chat(&chat, &foreign_chat).await,
+        "a message of another chat",
+    );
+
+    let mut twice = messages.clone();
+    twice[4].id = twice[1].id;
+    refused(store.import_chat(&chat, &twice).await, "one id twice");
+
+    let backwards = Chat {
+        updated_at: fx.at(-1),
+        ..chat.clone()
+    };
+    refused(
+        store.import_chat(&backwards, &messages).await,
+        "updated_at before created_at",
+    );
+
+    // One id of the batch is stored in another chat.
+    let other = fx.exchange(&chat_id("other"), fx.at(1));
+    let other_chat = append(store, fx.new_chat("other", fx.at(0)), &other).await;
+    let mut taken = messages.clone();
+    taken[5].id = other.agent.id;
+    refused(
+        store.import_chat(&chat, &taken).await,
+        "an id stored in another chat",
+    );
+
+    assert_eq!(get(store, &id).await, None, "the chat was not created");
+    assert_eq!(get(store, &other_chat.id).await, Some(other_chat.clone()));
+    assert_eq!(all_chats(store).await, vec![other_chat]);
+
+    // None of the refused batches' new ids was kept.
+    let imported = import(store, &chat, &messages).await;
+    assert_eq!((imported.inserted, imported.present), (6, 0));
+    assert_chat_holds(
+        store,
+        &Chat {
+            message_count: 6,
+            ..chat
+        },
+        &messages,
+    )
+    .await;
+}
+
+/// Eight simultaneous imports of overlapping batches of one new chat: the
+/// chat is created once and each message stored and counted once.
+pub async fn case_concurrent_imports_store_each_message_once(store: &DynChatIndexStore) {
+    let fx = Fx::new();
+    let id = chat_id("parallel");
+    let messages = import_messages(&fx, &id, 80, 99);
+    let chat = Chat {
+        id: id.clone(),
+        title: None,
+        node: fx.node.clone(),
+        created_at: fx.at(0),
+        updated_at: fx.at(30),
+        message_count: 80,
+    };
+    let results = in_parallel(8, |i| {
+        // Batch i covers messages 10i .. 10i + 30, wrapping around.
+        let batch: Vec<Message> = (0..30)
+            .map(|k| messages[(i * 10 + k) % messages.len()].clone())
+            .collect();
+        let chat = chat.clone();
+        async move { store.import_chat(&chat, &batch).await }
+    });
+    let mut created = 0;
+    let mut inserted = 0;
+    for result in results {
+        let imported = result.expect("concurrent import_chat");
+        assert_eq!(imported.inserted + imported.present, 30);
+        created += u64::from(imported.created);
+        inserted += imported.inserted;
+    }
+    assert_eq!(created, 1, "exactly one import creates the chat");
+    assert_eq!(
+        inserted, 80,
+        "each message is inserted by exactly one import"
+    );
+    assert_chat_holds(store, &chat, &messages).await;
 }
 
 #[cfg(test)]

@@ -149,6 +149,7 @@ pub(super) async fn read(
         "pagination",
         o!(
             "list" => "audit",
+            "status" => 200,
             "actor" => actor,
             "limit" => query.limit.get(),
             "cursor" => query.before_id.is_some(),

@@ -80,7 +80,7 @@ pub(super) async fn create(
         &state.logger,
         &req,
         "chat",
-        o!("action" => "create", "node" => chat.node.to_string()),
+        o!("action" => "create", "node" => chat.node.to_string(), "status" => 201),
     );
     Ok(HttpResponse::Created()
         .insert_header((LOCATION, format!("/api/chats/{}", chat.id)))
@@ -154,6 +154,7 @@ fn log_page(
         "pagination",
         o!(
             "list" => list,
+            "status" => 200,
             "limit" => page_req.limit.get(),
             "cursor" => page_req.after.is_some(),
             "items" => items,

@@ -1,7 +1,5 @@
 //! `POST /api/chats/{chat_id}/send`.
 
-use std::time::Instant;
-
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -64,7 +62,6 @@ pub(super) async fn send(
     let text = OperatorText::new(body.text)?;
     let node = body.node.map(NodeId::new).transpose()?;
 
-    let started = Instant::now();
     let result = send::run(
         state.get_ref().clone(),
         SendRequest {
@@ -77,14 +74,13 @@ pub(super) async fn send(
         },
     )
     .await;
-    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match result {
         Ok(SendAnswer::Sent { response, quotas }) => {
             flow_event(
                 &state.logger,
                 &req,
                 "send",
-                o!("outcome" => "ok", "status" => response.status, "latency_ms" => latency_ms),
+                o!("outcome" => "ok", "status" => response.status),
             );
             let mut res = stored(&response);
             for (name, value) in send::rate_limit_headers(&quotas) {
@@ -105,7 +101,7 @@ pub(super) async fn send(
                 &state.logger,
                 &req,
                 "send",
-                o!("outcome" => "error", "status" => error.status().as_u16(), "error" => error.slug(), "latency_ms" => latency_ms),
+                o!("outcome" => "error", "status" => error.status().as_u16(), "error" => error.slug()),
             );
             Err(error)
         }

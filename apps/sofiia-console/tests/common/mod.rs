@@ -83,6 +83,7 @@ pub struct ConsoleBuilder {
     vars: BTreeMap<String, String>,
     clock: Option<Arc<DynClock>>,
     audit: Option<Arc<sofiia_audit_store::DynAuditStore>>,
+    chat_index: Option<Arc<sofiia_chat_index::DynChatIndexStore>>,
     dir: TempDir,
 }
 
@@ -109,6 +110,7 @@ impl ConsoleBuilder {
             vars,
             clock: None,
             audit: None,
+            chat_index: None,
             dir,
         }
     }
@@ -132,6 +134,12 @@ impl ConsoleBuilder {
         self.var("SOFIIA_NODES", &list)
     }
 
+    /// Replaces the chat index (for failure injection).
+    pub fn chat_index(mut self, index: Arc<sofiia_chat_index::DynChatIndexStore>) -> Self {
+        self.chat_index = Some(index);
+        self
+    }
+
     /// Replaces the audit store (for failure injection).
     pub fn audit(mut self, audit: Arc<sofiia_audit_store::DynAuditStore>) -> Self {
         self.audit = Some(audit);
@@ -147,6 +155,13 @@ impl ConsoleBuilder {
     /// context's prefix.
     pub fn redis(self, ctx: &sofiia_testkit::RedisTestContext) -> Self {
         self.redis_at(&ctx.url, &ctx.prefix)
+    }
+
+    /// Every backend that can use Redis, the chat index included, uses the
+    /// test Redis under the context's prefix: consoles built so with one
+    /// context behave as one console.
+    pub fn redis_everywhere(self, ctx: &sofiia_testkit::RedisTestContext) -> Self {
+        self.redis(ctx).var("SOFIIA_CHAT_INDEX_BACKEND", "redis")
     }
 
     pub fn redis_at(self, url: &str, prefix: &str) -> Self {
@@ -171,6 +186,9 @@ impl ConsoleBuilder {
         }
         if let Some(audit) = self.audit {
             state.audit = audit;
+        }
+        if let Some(index) = self.chat_index {
+            state.chat_index = index;
         }
         let server = server::start(&settings, state.clone()).unwrap();
         Console {

@@ -1,0 +1,358 @@
+//! Two `sofiia-console` processes on one Redis, with every backend there
+//! (idempotency, rate limits and the chat index), behave as one console:
+//! what is written through one is read through the other, a send is
+//! replayed by the other, quotas hold across both, and one key reaches the
+//! node once however the sends are spread.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sofiia_router_stub::StubHandle;
+use sofiia_testkit::RedisTestContext;
+use tempfile::TempDir;
+
+mod common;
+
+use common::{ALICE, AUDIT_KEY, BOB, stub, stub_with};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sofiia-console");
+
+/// A console process of its own, with a data dir of its own (its audit
+/// trail is per instance) and every Redis backend on the test Redis under
+/// the context's prefix. Killed on drop.
+struct Instance {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+    _dir: TempDir,
+}
+
+impl Instance {
+    fn start(redis: &RedisTestContext, node: &StubHandle, extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SOFIIA_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("SOFIIA_BIND", "127.0.0.1:0")
+            .env("SOFIIA_DATA_DIR", dir.path())
+            .env("SOFIIA_WORKERS", "2")
+            .env("SOFIIA_OPERATOR_TOKENS", format!("alice:{ALICE},bob:{BOB}"))
+            .env("SOFIIA_AUDIT_KEYS", AUDIT_KEY)
+            .env(
+                "SOFIIA_NODES",
+                format!("{}={}", node.name(), node.base_url()),
+            )
+            .env("SOFIIA_REDIS_URL", &redis.url)
+            .env("SOFIIA_REDIS_PREFIX", &redis.prefix)
+            .env("SOFIIA_CHAT_INDEX_BACKEND", "redis")
+            .env("SOFIIA_IDEMPOTENCY_BACKEND", "redis")
+            .env("SOFIIA_RATE_LIMIT_BACKEND", "redis");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The reader drains stdout for the process's whole life, so its log
+        // lines never fill the pipe.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let addr = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the console never logged `listening`");
+            if line["msg"] == "listening" {
+                break line["addr"].as_str().unwrap().to_owned();
+            }
+        };
+        Self {
+            child,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let res = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let res = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(ALICE)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap())
+    }
+
+    /// A send; the answer's status, `Idempotent-Replayed` header and body text.
+    async fn send(&self, chat: &str, key: &str, text: &str) -> (StatusCode, bool, String) {
+        let res = self
+            .client
+            .post(format!("{}/api/chats/{chat}/send", self.base))
+            .bearer_auth(ALICE)
+            .header("idempotency-key", key)
+            .json(&json!({ "text": text }))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let replayed = res.headers().get("idempotent-replayed").is_some();
+        (status, replayed, res.text().await.unwrap())
+    }
+
+    /// Every page of a list, each page as returned.
+    async fn pages(&self, path: &str, limit: usize) -> Vec<Value> {
+        let mut pages = Vec::new();
+        let mut cursor: Option<String> = None;
+        let sep = if path.contains('?') { '&' } else { '?' };
+        loop {
+            let mut url = format!("{path}{sep}limit={limit}");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let (status, page) = self.get(&url).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+            pages.push(page);
+            if cursor.is_none() {
+                return pages;
+            }
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn items(pages: &[Value]) -> Vec<Value> {
+    pages
+        .iter()
+        .flat_map(|p| p["items"].as_array().unwrap().clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_written_through_a_is_listed_paged_and_read_through_b() {
+    let Some(redis) =
+        RedisTestContext::new("a_chat_written_through_a_is_listed_paged_and_read_through_b").await
+    else {
+        return;
+    };
+    let node = stub("NODA1").await;
+    let quota = [
+        ("SOFIIA_RATE_LIMIT_CHAT", "1000/min"),
+        ("SOFIIA_RATE_LIMIT_OPERATOR", "1000/min"),
+    ];
+    let a = Instance::start(&redis, &node, &quota);
+    let b = Instance::start(&redis, &node, &quota);
+
+    for instance in [&a, &b] {
+        let (status, ready) = instance.get("/api/ready").await;
+        assert_eq!(status, StatusCode::OK, "{ready}");
+        assert_eq!(ready["checks"]["chat_index"]["status"], "ok", "{ready}");
+    }
+
+    let (status, created) = a
+        .post(
+            "/api/chats",
+            &json!({"id": "ops:shared.1", "title": "Shared"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, again) = b.post("/api/chats", &json!({"id": "ops:shared.1"})).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "B sees the chat A created: {again}"
+    );
+
+    // Sends through both, to several chats; one chat gets most of them.
+    for i in 0..24 {
+        let (via, chat) = match i % 4 {
+            0 => (&b, "side-b"),
+            1 => (&b, "ops:shared.1"),
+            _ => (&a, "ops:shared.1"),
+        };
+        let (status, _, body) = via
+            .send(chat, &format!("write-key-{i:04}"), &format!("m{i}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    let (_, chat_a) = a.get("/api/chats/ops:shared.1").await;
+    let (_, chat_b) = b.get("/api/chats/ops:shared.1").await;
+    assert_eq!(chat_a, chat_b);
+    assert_eq!(chat_b["message_count"], 36);
+    assert_eq!(chat_b["title"], "Shared");
+
+    for limit in [1, 2, 50] {
+        let through_a = a.pages("/api/chats", limit).await;
+        let through_b = b.pages("/api/chats", limit).await;
+        assert_eq!(
+            through_a, through_b,
+            "chat pages of {limit}, cursors included"
+        );
+        let ids: Vec<Value> = items(&through_b).iter().map(|c| c["id"].clone()).collect();
+        assert_eq!(ids.len(), 2);
+    }
+    for limit in [1, 7, 200] {
+        let path = "/api/chats/ops:shared.1/messages";
+        let through_a = a.pages(path, limit).await;
+        let through_b = b.pages(path, limit).await;
+        assert_eq!(
+            through_a, through_b,
+            "message pages of {limit}, cursors included"
+        );
+        assert_eq!(items(&through_b).len(), 36);
+    }
+
+    // A cursor handed out by A is good on B.
+    let (_, first) = a.get("/api/chats/ops:shared.1/messages?limit=10").await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (status, from_a) = a
+        .get(&format!(
+            "/api/chats/ops:shared.1/messages?limit=10&cursor={cursor}"
+        ))
+        .await;
+    let (status_b, from_b) = b
+        .get(&format!(
+            "/api/chats/ops:shared.1/messages?limit=10&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!((status, status_b), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(from_a, from_b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_a_is_replayed_by_b() {
+    let Some(redis) = RedisTestContext::new("a_send_to_a_is_replayed_by_b").await else {
+        return;
+    };
+    let node = stub("NODA1").await;
+    let a = Instance::start(&redis, &node, &[]);
+    let b = Instance::start(&redis, &node, &[]);
+
+    let (status, replayed, first) = a.send("replayed", "replay-key-0001", "hello").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert!(!replayed);
+    let (status, replayed, again) = b.send("replayed", "replay-key-0001", "hello").await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert!(replayed, "B replays A's answer");
+    assert_eq!(again, first, "byte for byte");
+    assert_eq!(node.call_count(), 1);
+    for instance in [&a, &b] {
+        let (_, chat) = instance.get("/api/chats/replayed").await;
+        assert_eq!(chat["message_count"], 2, "a replay stores nothing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_hold_across_both_processes() {
+    let Some(redis) = RedisTestContext::new("quotas_hold_across_both_processes").await else {
+        return;
+    };
+    let node = stub("NODA1").await;
+    let quota = [
+        ("SOFIIA_RATE_LIMIT_CHAT", "5/min"),
+        ("SOFIIA_RATE_LIMIT_OPERATOR", "1000/min"),
+    ];
+    let a = Instance::start(&redis, &node, &quota);
+    let b = Instance::start(&redis, &node, &quota);
+
+    let mut allowed = 0;
+    let mut refused = 0;
+    for i in 0..20 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let (status, _, body) = via
+            .send("limited", &format!("quota-key-{i:04}"), "hi")
+            .await;
+        match status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(
+        (allowed, refused),
+        (5, 15),
+        "5/min holds across A and B together"
+    );
+    assert_eq!(node.call_count(), 5);
+    let (_, chat) = b.get("/api/chats/limited").await;
+    assert_eq!(chat["message_count"], 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_same_key_sends_across_both_reach_the_node_once() {
+    let Some(redis) =
+        RedisTestContext::new("concurrent_same_key_sends_across_both_reach_the_node_once").await
+    else {
+        return;
+    };
+    // Slow enough that the sends overlap the first one in flight.
+    let node = stub_with("NODA1", Duration::from_millis(300), None).await;
+    let a = Instance::start(&redis, &node, &[]);
+    let b = Instance::start(&redis, &node, &[]);
+
+    let answers = join_all((0..100).map(|i| {
+        let via = if i % 2 == 0 { &a } else { &b };
+        via.send("raced", "raced-key-0001", "once")
+    }))
+    .await;
+    let mut executed = Vec::new();
+    for (status, replayed, body) in &answers {
+        match *status {
+            StatusCode::OK if !replayed => executed.push(body.clone()),
+            StatusCode::OK | StatusCode::CONFLICT => {}
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(executed.len(), 1, "exactly one send executed");
+    for (status, replayed, body) in &answers {
+        if *status == StatusCode::OK && *replayed {
+            assert_eq!(body, &executed[0], "a replay is the executed answer");
+        }
+    }
+    assert_eq!(node.call_count(), 1, "one key reaches the node once");
+    for instance in [&a, &b] {
+        let (_, chat) = instance.get("/api/chats/raced").await;
+        assert_eq!(chat["message_count"], 2);
+    }
+}

@@ -1,0 +1,123 @@
+//! A chat index that fails mid-send: retried writes, released keys, and no
+//! duplicated send.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use common::{ALICE, ConsoleBuilder, stub};
+use sofiia_chat_index::{
+    ChatIndexError, ChatIndexStore, Imported, MemoryChatIndex, Result as IndexResult,
+};
+use sofiia_core_domain::{Chat, ChatId, Exchange, Message, NewChat, Page, PageRequest};
+
+/// A chat index whose next `failures` appends fail as unavailable: a test
+/// double behind the trait, standing in for a Redis that times out.
+#[derive(Debug)]
+struct Flaky {
+    inner: MemoryChatIndex,
+    failures: Arc<AtomicUsize>,
+    appends: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl ChatIndexStore for Flaky {
+    async fn create_chat(&self, chat: NewChat) -> IndexResult<Chat> {
+        self.inner.create_chat(chat).await
+    }
+    async fn get_chat(&self, id: &ChatId) -> IndexResult<Option<Chat>> {
+        self.inner.get_chat(id).await
+    }
+    async fn append_exchange(&self, new_chat: NewChat, exchange: &Exchange) -> IndexResult<Chat> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(ChatIndexError::Unavailable {
+                source: "timed out (simulated)".into(),
+            });
+        }
+        self.inner.append_exchange(new_chat, exchange).await
+    }
+    async fn list_chats(&self, page: &PageRequest) -> IndexResult<Page<Chat>> {
+        self.inner.list_chats(page).await
+    }
+    async fn list_messages(&self, chat: &ChatId, page: &PageRequest) -> IndexResult<Page<Message>> {
+        self.inner.list_messages(chat, page).await
+    }
+    async fn import_chat(&self, chat: &Chat, messages: &[Message]) -> IndexResult<Imported> {
+        self.inner.import_chat(chat, messages).await
+    }
+    async fn check(&self) -> IndexResult<()> {
+        self.inner.check().await
+    }
+}
+
+fn flaky(failures: usize) -> (Arc<Flaky>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let failures = Arc::new(AtomicUsize::new(failures));
+    let appends = Arc::new(AtomicUsize::new(0));
+    let store = Arc::new(Flaky {
+        inner: MemoryChatIndex::new(),
+        failures: failures.clone(),
+        appends: appends.clone(),
+    });
+    (store, failures, appends)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_briefly_unavailable_chat_index_is_retried_and_the_send_succeeds() {
+    let node = stub("NODA1").await;
+    let (store, _, appends) = flaky(2);
+    let console = ConsoleBuilder::new()
+        .nodes(&[&node])
+        .chat_index(store)
+        .start()
+        .await;
+    let res = console.send_text("c", "flaky-key-01", "x").await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(
+        appends.load(Ordering::SeqCst),
+        3,
+        "two failed attempts, then one that worked"
+    );
+    assert_eq!(node.call_count(), 1);
+    assert_eq!(
+        console.get("/api/chats/c", ALICE).await.json()["message_count"],
+        2
+    );
+    console.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_index_that_stays_down_is_503_and_frees_the_key() {
+    let node = stub("NODA1").await;
+    let (store, failures, _) = flaky(usize::MAX);
+    let console = ConsoleBuilder::new()
+        .nodes(&[&node])
+        .chat_index(store)
+        .start()
+        .await;
+    let p = console
+        .send_text("c", "flaky-key-02", "x")
+        .await
+        .problem(503);
+    assert_eq!(p["type"], "urn:sofiia:problem:store-unavailable");
+    console.get("/api/chats/c", ALICE).await.problem(404);
+
+    // The key was released: once the index is back, the same key runs again.
+    failures.store(0, Ordering::SeqCst);
+    let res = console.send_text("c", "flaky-key-02", "x").await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.header("idempotent-replayed"), None);
+    assert_eq!(node.call_count(), 2);
+    assert_eq!(
+        console.get("/api/chats/c", ALICE).await.json()["message_count"],
+        2
+    );
+    console.stop().await;
+}
