@@ -1,11 +1,10 @@
 //! `HttpRouter` against real stub nodes: the node protocol end to end.
 
-use std::error::Error as StdError;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sofiia_core_domain::NodeId;
+use sofiia_core_domain::{NodeId, error_chain};
 use sofiia_router_client::testing::{Subject, request};
 use sofiia_router_client::{HttpRouter, Instrumented, NodeRouter, NodesConfig, RouterError};
 use sofiia_router_stub::{ReplyMode, StubConfig, StubHandle, StubNode};
@@ -30,17 +29,6 @@ fn router_for(stubs: &[&StubHandle], timeout: Duration) -> HttpRouter {
 fn dead_addr() -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port");
     listener.local_addr().expect("a bound address")
-}
-
-fn error_chain(err: &dyn StdError) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 mod suite {

@@ -16,17 +16,7 @@ use sofiia_chat_index::ChatIndexError;
 use sofiia_core_domain::ValidationError;
 use sofiia_router_client::RouterError;
 
-/// An error and its causes, joined by `: `, for log lines.
-pub fn error_chain(e: &(dyn StdError + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
+pub use sofiia_core_domain::error_chain;
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";

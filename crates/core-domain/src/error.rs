@@ -1,4 +1,23 @@
+use std::error::Error as StdError;
 use std::fmt;
+
+/// An error and its causes, joined by `: `, for log lines and messages:
+/// `"cannot open store: disk I/O error"`.
+///
+/// ```
+/// let e = std::io::Error::other("disk full");
+/// assert_eq!(sofiia_core_domain::error_chain(&e), "disk full");
+/// ```
+pub fn error_chain(e: &dyn StdError) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
 
 /// The input that failed validation.
 ///

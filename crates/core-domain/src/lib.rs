@@ -31,7 +31,7 @@ mod model;
 mod page;
 mod time;
 
-pub use crate::error::{Field, ValidationError};
+pub use crate::error::{Field, ValidationError, error_chain};
 pub use crate::ids::{ChatId, MessageId, NodeId, OperatorId};
 pub use crate::model::{Chat, ChatTitle, Exchange, Message, NewChat, OperatorText, Role};
 pub use crate::page::{Cursor, Page, PageLimit, PageRequest};

@@ -1,0 +1,622 @@
+//! The load scenarios against the baseline, in alternating A/B rounds.
+//!
+//! Every round runs, for each scenario, one baseline run and one scenario run
+//! back to back, in the order baseline→scenario on even rounds and
+//! scenario→baseline on odd ones, so slow drifts of the machine (another
+//! process, thermal or host noise) weigh on both sides alike. Each ratio is
+//! taken between the two runs of one round; the report gives the median of
+//! those ratios across rounds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sofiia_chat_index::{DynChatIndexStore, SqliteChatIndex};
+use sofiia_core_domain::ChatId;
+
+use crate::cli::Scenario;
+use crate::loadgen::{self, LoadConfig, Stop, Workload};
+use crate::procs::{Memory, Server};
+use crate::redis_keys;
+use crate::rig::{ConsoleSpec, Rig, operator_tokens, tokens_var};
+use crate::stats::{LoadResult, RunNumbers, ScenarioSummary, summarise};
+use crate::workloads::{Gets, Replays, Sends};
+
+/// The chat of the `list` scenario.
+const LIST_CHAT: &str = "list-big";
+
+/// One scenario's measurements.
+#[derive(Debug, Clone)]
+pub(crate) struct ScenarioResult {
+    pub title: String,
+    /// (scenario, baseline) per round.
+    pub pairs: Vec<(RunNumbers, RunNumbers)>,
+    pub summary: ScenarioSummary,
+    /// Error kinds of the scenario runs, summed.
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// What the load measurement found.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LoadReport {
+    pub scenarios: Vec<ScenarioResult>,
+    /// Median over every baseline run.
+    pub baseline: Option<RunNumbers>,
+    pub notes: Vec<String>,
+    /// Resident memory of each process when idle and after the load.
+    pub memory: Vec<(String, Option<Memory>, Option<Memory>)>,
+}
+
+impl Scenario {
+    fn title(self, settings: &crate::cli::Settings) -> String {
+        match self {
+            Scenario::Embedded => "(a) send, embedded defaults".into(),
+            Scenario::Operators => format!(
+                "(a′) send, embedded defaults, {} operators configured",
+                settings.operators
+            ),
+            Scenario::Inmemory => "(a″) send, in-memory chat index".into(),
+            Scenario::Candidate => "(a*) send, embedded defaults, candidate build".into(),
+            Scenario::Redis => "(b) send, Redis backends".into(),
+            Scenario::Replay => "(c) idempotent replay".into(),
+            Scenario::List => format!(
+                "(d) first page of a {} message chat",
+                thousands(settings.list_messages)
+            ),
+            Scenario::Health => "(e) GET /api/health".into(),
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Scenario::Embedded => "emb",
+            Scenario::Operators => "ops",
+            Scenario::Inmemory => "mem",
+            Scenario::Candidate => "cand",
+            Scenario::Redis => "red",
+            Scenario::Replay => "rep",
+            Scenario::List => "lst",
+            Scenario::Health => "hlt",
+        }
+    }
+}
+
+/// `1234567` as `1 234 567`.
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push('\u{202f}');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Deletes a Redis key prefix when dropped, so an early return still
+/// cleans up.
+struct PrefixCleanup {
+    url: String,
+    prefix: String,
+    notes: Vec<String>,
+}
+
+impl PrefixCleanup {
+    fn run(&mut self) {
+        if self.prefix.is_empty() {
+            return;
+        }
+        let prefix = std::mem::take(&mut self.prefix);
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(redis_keys::delete_prefix(&self.url, &prefix)));
+        let left = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()
+            .and_then(|rt| {
+                rt.block_on(redis_keys::count_prefix(&self.url, &prefix))
+                    .ok()
+            });
+        let note = match result {
+            Ok(n) => format!(
+                "Redis: deleted the {n} keys the run wrote under `{prefix}`; {} left.",
+                left.map_or_else(|| "could not count what is".to_owned(), |n| n.to_string())
+            ),
+            Err(e) => format!("Redis: could not delete the keys under `{prefix}`: {e}"),
+        };
+        crate::progress(&note);
+        self.notes.push(note);
+    }
+}
+
+impl Drop for PrefixCleanup {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+/// The processes and fixed inputs of the scenarios.
+struct Targets {
+    token: String,
+    operator_tokens: Vec<String>,
+    embedded: Option<Server>,
+    operators: Option<Server>,
+    inmemory: Option<Server>,
+    candidate: Option<Server>,
+    redis: Option<Server>,
+}
+
+impl Targets {
+    fn server(&self, scenario: Scenario) -> Option<&Server> {
+        match scenario {
+            Scenario::Redis => self.redis.as_ref(),
+            Scenario::Operators => self.operators.as_ref(),
+            Scenario::Inmemory => self.inmemory.as_ref(),
+            Scenario::Candidate => self.candidate.as_ref(),
+            _ => self.embedded.as_ref(),
+        }
+    }
+}
+
+fn workload(
+    scenario: Scenario,
+    server: &Server,
+    targets: &Targets,
+    run: &str,
+) -> Arc<dyn Workload> {
+    let addr = server.addr();
+    let token = std::slice::from_ref(&targets.token);
+    match scenario {
+        Scenario::Embedded | Scenario::Redis | Scenario::Inmemory | Scenario::Candidate => {
+            Arc::new(Sends::new(addr, token, scenario.tag(), run))
+        }
+        Scenario::Operators => Arc::new(Sends::new(
+            addr,
+            &targets.operator_tokens,
+            scenario.tag(),
+            run,
+        )),
+        Scenario::Replay => Arc::new(Replays::new(addr, &targets.token, "rep", "replay-key")),
+        Scenario::List => Arc::new(Gets::new(
+            addr,
+            Some(&targets.token),
+            &format!("/api/chats/{LIST_CHAT}/messages?limit=50"),
+        )),
+        Scenario::Health => Arc::new(Gets::new(addr, None, "/api/health")),
+    }
+}
+
+/// One run against `target`, with the CPU time `target` spent on it; when
+/// `extra` names another local process (Redis), its CPU time over the run
+/// is added to `extra_cpu`.
+fn measure(
+    rig: &Rig,
+    stub: &Server,
+    target: &Server,
+    w: Arc<dyn Workload>,
+    extra: Option<(u32, &mut ExtraCpu)>,
+) -> Result<(LoadResult, RunNumbers), String> {
+    let s = &rig.settings;
+    crate::rig::clear_stub_calls(stub);
+    let extra_before = extra
+        .as_ref()
+        .and_then(|(pid, _)| crate::procs::cpu_time(*pid));
+    let cpu_before = target.cpu_time();
+    let result = loadgen::run(
+        LoadConfig {
+            addr: target.addr(),
+            concurrency: s.concurrency,
+            stop: Stop::Duration {
+                warmup: s.warmup,
+                measure: s.duration,
+            },
+            threads: s.loadgen_threads,
+        },
+        w,
+    )
+    .map_err(|e| format!("load generator: {e}"))?;
+    let cpu = cpu_before
+        .zip(target.cpu_time())
+        .map(|(before, after)| after.saturating_sub(before));
+    let numbers = RunNumbers::from(&result).with_cpu(cpu, result.ok_total);
+    if let Some((pid, acc)) = extra
+        && let Some((before, after)) = extra_before.zip(crate::procs::cpu_time(pid))
+    {
+        acc.cpu += after.saturating_sub(before);
+        acc.requests += result.ok_total;
+    }
+    Ok((result, numbers))
+}
+
+/// CPU time another process (the local Redis server) spent over runs.
+#[derive(Debug, Default)]
+struct ExtraCpu {
+    cpu: std::time::Duration,
+    requests: u64,
+}
+
+/// Builds the `list` chat into the console's chat index file before the
+/// console starts, through `SqliteChatIndex::append_exchange`.
+fn build_list_chat(rig: &Rig, messages: u64) -> Result<String, String> {
+    let path = rig.data_dir("embedded").join("chat-index.db");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let took = runtime.block_on(async {
+        let store: Arc<DynChatIndexStore> = Arc::new(
+            SqliteChatIndex::open(&path)
+                .await
+                .map_err(|e| format!("open {}: {e}", path.display()))?,
+        );
+        let chat = ChatId::new(LIST_CHAT).map_err(|e| e.to_string())?;
+        let took = crate::growth::fill(&store, &chat, 0, messages.div_ceil(2)).await?;
+        drop(store);
+        Ok::<_, String>(took)
+    })?;
+    Ok(format!(
+        "The `list` chat ({} messages) was written before the console started, through \
+         `SqliteChatIndex::append_exchange` (8 tasks, one transaction per exchange), in {:.1} s \
+         ({:.0} messages/s).",
+        thousands(messages.div_ceil(2) * 2),
+        took.as_secs_f64(),
+        (messages.div_ceil(2) * 2) as f64 / took.as_secs_f64().max(1e-9)
+    ))
+}
+
+/// Runs the load scenarios.
+///
+/// # Errors
+///
+/// When a process does not start or the generator fails; a scenario that
+/// cannot run here (no Redis) is skipped with a note instead.
+pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
+    let s = &rig.settings;
+    let mut report = LoadReport::default();
+    let wants = |x: Scenario| s.scenarios.contains(&x);
+
+    let stub = rig.stub()?;
+    let baseline = rig.baseline(&stub)?;
+    crate::progress(&format!(
+        "load: router stub at {}, baseline at {}",
+        stub.addr(),
+        baseline.addr()
+    ));
+
+    let token = format!("tok-{}-bench-operator-token", rig.session);
+    let single = format!("bench:{token}");
+    if wants(Scenario::List) {
+        let note = build_list_chat(rig, s.list_messages)?;
+        crate::progress(&note);
+        report.notes.push(note);
+    }
+    let needs_embedded = [
+        Scenario::Embedded,
+        Scenario::Replay,
+        Scenario::List,
+        Scenario::Health,
+    ]
+    .iter()
+    .any(|x| wants(*x));
+    let embedded = if needs_embedded {
+        let spec = ConsoleSpec::new("embedded").var("SOFIIA_OPERATOR_TOKENS", &single);
+        Some(
+            rig.console(&spec, &stub)
+                .map_err(|e| format!("console: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let many = operator_tokens(&rig.session, s.operators);
+    let operators = if wants(Scenario::Operators) {
+        let spec = ConsoleSpec::new("operators").var("SOFIIA_OPERATOR_TOKENS", tokens_var(&many));
+        Some(
+            rig.console(&spec, &stub)
+                .map_err(|e| format!("console: {e}"))?,
+        )
+    } else {
+        None
+    };
+
+    let inmemory = if wants(Scenario::Inmemory) {
+        let spec = ConsoleSpec::new("inmemory")
+            .var("SOFIIA_OPERATOR_TOKENS", &single)
+            .var("SOFIIA_CHAT_INDEX_BACKEND", "inmemory");
+        Some(
+            rig.console(&spec, &stub)
+                .map_err(|e| format!("console: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let candidate = match (&s.candidate_bin, wants(Scenario::Candidate)) {
+        (Some(binary), true) => {
+            let mut spec = ConsoleSpec::new("candidate").var("SOFIIA_OPERATOR_TOKENS", &single);
+            spec.binary = Some(binary.clone());
+            let note = format!(
+                "(a*) is the candidate build `{}`, configured like (a).",
+                binary.display()
+            );
+            report.notes.push(note);
+            Some(
+                rig.console(&spec, &stub)
+                    .map_err(|e| format!("candidate console: {e}"))?,
+            )
+        }
+        _ => None,
+    };
+
+    let prefix = format!("sofiia-bench:{}:", rig.session);
+    let mut cleanup = PrefixCleanup {
+        url: s.redis_url.clone(),
+        prefix: String::new(),
+        notes: Vec::new(),
+    };
+    let redis = if wants(Scenario::Redis) {
+        match start_redis_console(rig, &stub, &single, &prefix, &mut report.notes) {
+            Ok(server) => {
+                cleanup.prefix = prefix.clone();
+                Some(server)
+            }
+            Err(note) => {
+                crate::progress(&note);
+                report.notes.push(note);
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let targets = Targets {
+        token: token.clone(),
+        operator_tokens: many.into_iter().map(|(_, t)| t).collect(),
+        embedded,
+        operators,
+        inmemory,
+        candidate,
+        redis,
+    };
+
+    if wants(Scenario::Replay)
+        && let Some(console) = &targets.embedded
+    {
+        let prime = Replays::new(console.addr(), &token, "rep", "replay-key").prime();
+        let primed = loadgen::run(
+            LoadConfig {
+                addr: console.addr(),
+                concurrency: 1,
+                stop: Stop::Requests(s.concurrency as u64),
+                threads: 1,
+            },
+            Arc::new(prime),
+        )
+        .map_err(|e| format!("load generator: {e}"))?;
+        if primed.errors > 0 {
+            return Err(format!(
+                "priming the replay keys failed: {}",
+                primed.error_summary()
+            ));
+        }
+    }
+
+    for (name, server) in [
+        ("router-stub", Some(&stub)),
+        ("baseline", Some(&baseline)),
+        ("console (embedded)", targets.embedded.as_ref()),
+        ("console (operators)", targets.operators.as_ref()),
+        ("console (in-memory chat index)", targets.inmemory.as_ref()),
+        ("console (candidate)", targets.candidate.as_ref()),
+        ("console (Redis)", targets.redis.as_ref()),
+    ] {
+        if let Some(server) = server {
+            report
+                .memory
+                .push((name.to_owned(), server.memory().ok(), None));
+        }
+    }
+
+    let scenarios: Vec<Scenario> = s
+        .scenarios
+        .iter()
+        .copied()
+        .filter(|x| targets.server(*x).is_some())
+        .collect();
+    let mut pairs: BTreeMap<Scenario, Vec<(RunNumbers, RunNumbers)>> = BTreeMap::new();
+    let mut errors: BTreeMap<Scenario, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut baselines = Vec::new();
+    let redis_pid = if targets.redis.is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()
+            .and_then(|rt| rt.block_on(redis_keys::server_pid(&s.redis_url)))
+    } else {
+        None
+    };
+    let mut redis_cpu = ExtraCpu::default();
+    let started = Instant::now();
+    for round in 0..s.rounds {
+        for &scenario in &scenarios {
+            let extra_pid = redis_pid.filter(|_| scenario == Scenario::Redis);
+            let Some(server) = targets.server(scenario) else {
+                continue;
+            };
+            let run_tag = format!("{}-{}-r{round}", rig.session, scenario.tag());
+            let scenario_load = workload(scenario, server, &targets, &run_tag);
+            let base_load: Arc<dyn Workload> = Arc::new(Sends::new(
+                baseline.addr(),
+                std::slice::from_ref(&token),
+                &format!("base-{}", scenario.tag()),
+                &format!("{run_tag}-base"),
+            ));
+            let measure_scenario = || {
+                measure(
+                    rig,
+                    &stub,
+                    server,
+                    scenario_load,
+                    extra_pid.map(|pid| (pid, &mut redis_cpu)),
+                )
+            };
+            // Baseline first on even rounds, the scenario first on odd ones.
+            let ((scenario_result, a), (base_result, b)) = if round % 2 == 0 {
+                let b = measure(rig, &stub, &baseline, base_load, None)?;
+                (measure_scenario()?, b)
+            } else {
+                let a = measure_scenario()?;
+                (a, measure(rig, &stub, &baseline, base_load, None)?)
+            };
+            crate::progress(&format!(
+                "load: round {}/{} {:<48} {:>6.0} req/s p50 {:>6.2} ms {:>5.0} µs CPU | baseline {:>6.0} req/s p50 {:>5.2} ms {:>4.0} µs CPU{}",
+                round + 1,
+                s.rounds,
+                scenario.title(s),
+                a.rps,
+                a.p50_ms,
+                a.cpu_us,
+                b.rps,
+                b.p50_ms,
+                b.cpu_us,
+                if scenario_result.errors + base_result.errors > 0 {
+                    format!(
+                        " errors {} / {} ({})",
+                        scenario_result.errors,
+                        base_result.errors,
+                        [scenario_result.error_summary(), base_result.error_summary()].join("; ")
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            if scenario_result.errors > 0 {
+                let stderr = server.stderr_tail(3);
+                if !stderr.is_empty() {
+                    crate::progress(&format!("load: the console's stderr ends with: {stderr}"));
+                }
+            }
+            let kinds = errors.entry(scenario).or_default();
+            for (k, n) in scenario_result.error_kinds {
+                *kinds.entry(k).or_default() += n;
+            }
+            baselines.push(b);
+            pairs.entry(scenario).or_default().push((a, b));
+        }
+    }
+    crate::progress(&format!(
+        "load: {} rounds in {:.0} s",
+        s.rounds,
+        started.elapsed().as_secs_f64()
+    ));
+
+    for entry in &mut report.memory {
+        let server = match entry.0.as_str() {
+            "router-stub" => Some(&stub),
+            "baseline" => Some(&baseline),
+            "console (embedded)" => targets.embedded.as_ref(),
+            "console (operators)" => targets.operators.as_ref(),
+            "console (in-memory chat index)" => targets.inmemory.as_ref(),
+            "console (candidate)" => targets.candidate.as_ref(),
+            _ => targets.redis.as_ref(),
+        };
+        entry.2 = server.and_then(|s| s.memory().ok());
+    }
+
+    report.baseline = {
+        let col = |f: fn(&RunNumbers) -> f64| {
+            crate::stats::median(&baselines.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
+        };
+        (!baselines.is_empty()).then(|| RunNumbers {
+            rps: col(|r| r.rps),
+            p50_ms: col(|r| r.p50_ms),
+            p99_ms: col(|r| r.p99_ms),
+            p999_ms: col(|r| r.p999_ms),
+            errors: baselines.iter().map(|r| r.errors).sum(),
+            cpu_us: col(|r| r.cpu_us),
+        })
+    };
+    for scenario in scenarios {
+        let p = pairs.remove(&scenario).unwrap_or_default();
+        report.scenarios.push(ScenarioResult {
+            title: scenario.title(s),
+            summary: summarise(&p),
+            pairs: p,
+            errors: errors.remove(&scenario).unwrap_or_default(),
+        });
+    }
+
+    if redis_cpu.requests > 0 {
+        let note = format!(
+            "(b): the local Redis server itself spent {:.0} µs of CPU per send on top of the console's (all (b) runs, warm-up included).",
+            redis_cpu.cpu.as_secs_f64() * 1e6 / redis_cpu.requests as f64
+        );
+        crate::progress(&note);
+        report.notes.push(note);
+    }
+
+    // Consoles stop before their Redis keys are deleted, so none is
+    // written afterwards.
+    drop(targets);
+    cleanup.run();
+    report.notes.append(&mut cleanup.notes);
+    Ok(report)
+}
+
+fn start_redis_console(
+    rig: &Rig,
+    stub: &Server,
+    tokens: &str,
+    prefix: &str,
+    notes: &mut Vec<String>,
+) -> Result<Server, String> {
+    let url = &rig.settings.redis_url;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(redis_keys::ping(url))
+        .map_err(|e| format!("(b) skipped: Redis does not answer ({e})."))?;
+    let chat_index_redis = rig
+        .console_supports_redis_chat_index(stub)
+        .map_err(|e| format!("(b) skipped: {e}"))?;
+    let mut spec = ConsoleSpec::new("redis")
+        .var("SOFIIA_OPERATOR_TOKENS", tokens)
+        .var("SOFIIA_IDEMPOTENCY_BACKEND", "redis")
+        .var("SOFIIA_RATE_LIMIT_BACKEND", "redis")
+        .var("SOFIIA_REDIS_PREFIX", prefix);
+    if chat_index_redis {
+        spec = spec.var("SOFIIA_CHAT_INDEX_BACKEND", "redis");
+        notes.push(
+            "(b) runs idempotency, rate limits and the chat index on Redis; the audit trail \
+             has no Redis backend and stays on SQLite."
+                .into(),
+        );
+    } else {
+        notes.push(
+            "(b) runs idempotency and rate limits on Redis. This console build does not accept \
+             `SOFIIA_CHAT_INDEX_BACKEND=redis` (check-config exits 2 naming it), so the chat \
+             index stays on SQLite; the audit trail has no Redis backend either."
+                .into(),
+        );
+    }
+    rig.console(&spec, stub)
+        .map_err(|e| format!("(b) skipped: the Redis console did not start: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(7), "7");
+        assert_eq!(thousands(1000), "1\u{202f}000");
+        assert_eq!(thousands(1_234_567), "1\u{202f}234\u{202f}567");
+    }
+}
