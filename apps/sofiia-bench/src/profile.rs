@@ -95,14 +95,49 @@ pub(crate) fn run(rig: &Rig, perf_data: &Path, call_graph: bool) -> Result<Strin
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
             .take(40)
+            .map(tidy)
             .collect::<Vec<_>>()
             .join("\n"))
     };
     Ok(format!(
-        "## Profile of the console under send load\n\n{:.0} sends/s while sampling; `perf record -e cpu-clock -F 999 -p {pid}` for {seconds:.1} s, data in `{}`.\n\nBy shared object:\n\n```text\n{}\n```\n\nBy symbol (self time):\n\n```text\n{}\n```\n",
+        "## Profile of the console under send load\n\n{:.0} sends/s while sampling; `perf record -e cpu-clock -F 999 -p {pid}` for {seconds:.1} s, data in `{}`.\n\nBy thread (`actix-rt|system` are the HTTP workers, `tokio-rt-worker` the blocking pool running SQLite calls, `sofiia-audit-wr` the audit writer, `sofiia-log` the log writer):\n\n```text\n{}\n```\n\nBy shared object:\n\n```text\n{}\n```\n\nBy symbol (self time):\n\n```text\n{}\n```\n",
         result.rps(),
         perf_data.display(),
+        report("comm")?,
         report("dso")?,
         report("dso,symbol")?,
     ))
+}
+
+/// A `perf report` line without its padding and the empty columns perf
+/// leaves at the end of it.
+fn tidy(line: &str) -> String {
+    let mut line = line.trim_end();
+    // An empty column is a lone `-` after whitespace.
+    while let Some(rest) = line.strip_suffix('-')
+        && rest.ends_with(char::is_whitespace)
+    {
+        line = rest.trim_end();
+    }
+    line.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tidy;
+
+    #[test]
+    fn tidy_drops_padding_and_empty_columns() {
+        assert_eq!(
+            tidy(
+                "     2.41%  sofiia-console     [.] sqlite3VdbeExec          -      -            "
+            ),
+            "     2.41%  sofiia-console     [.] sqlite3VdbeExec"
+        );
+        assert_eq!(
+            tidy("    48.44%  sofiia-console   "),
+            "    48.44%  sofiia-console"
+        );
+        assert_eq!(tidy("  1.0%  [.] operator-  "), "  1.0%  [.] operator-");
+    }
 }

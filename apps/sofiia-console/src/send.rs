@@ -24,6 +24,7 @@
 //! mid-send cannot cancel them half-way, so a key is never left in flight
 //! by a send that was stored.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -172,7 +173,7 @@ pub fn rate_limit_headers(quotas: &[PolicyState]) -> Vec<(HeaderName, HeaderValu
 ///
 /// The problem to answer; every store is as it was unless the error says
 /// otherwise (see step 6).
-pub async fn run(state: AppState, req: SendRequest) -> Result<SendAnswer, ApiError> {
+pub async fn run(state: Arc<AppState>, req: SendRequest) -> Result<SendAnswer, ApiError> {
     let task = actix_web::rt::spawn(async move { execute(&state, req).await });
     match task.await {
         Ok(answer) => answer,

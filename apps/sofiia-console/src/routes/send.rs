@@ -63,7 +63,8 @@ pub(super) async fn send(
     let node = body.node.map(NodeId::new).transpose()?;
 
     let result = send::run(
-        state.get_ref().clone(),
+        // The Arc, not the state: the task shares it.
+        state.clone().into_inner(),
         SendRequest {
             chat_id,
             operator: operator.0,
