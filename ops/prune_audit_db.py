@@ -6,7 +6,8 @@
 
 The console's settings (SOFIIA_DATA_DIR, SOFIIA_AUDIT_RETENTION_DAYS, ...)
 come from the environment as for the server. The binary is found in this
-order: $SOFIIA_CONSOLE_BIN, `sofiia-console` on PATH, then this checkout's
+order: $SOFIIA_CONSOLE_BIN, bin/sofiia-console of the release this script
+came in, `sofiia-console` on PATH, then this checkout's
 target/release and target/debug builds.
 """
 
@@ -21,10 +22,14 @@ def find_binary() -> str:
     explicit = os.environ.get("SOFIIA_CONSOLE_BIN")
     if explicit:
         return explicit
+    root = Path(__file__).resolve().parent.parent
+    # A release tarball ships the binary in bin/ beside ops/.
+    shipped = root / "bin" / "sofiia-console"
+    if shipped.is_file() and os.access(shipped, os.X_OK):
+        return str(shipped)
     on_path = shutil.which("sofiia-console")
     if on_path:
         return on_path
-    root = Path(__file__).resolve().parent.parent
     target = Path(os.environ.get("CARGO_TARGET_DIR", root / "target"))
     for profile in ("release", "debug"):
         candidate = target / profile / "sofiia-console"

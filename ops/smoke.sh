@@ -17,8 +17,9 @@
 #   SOFIIA_SMOKE_REDIS        1: run the Redis idempotency A/B smoke
 #                             (ops/redis_idempotency_smoke.sh) against A_URL
 #                             and B_URL; 0: do not; unset (auto): run it when
-#                             A_URL and B_URL are set, or when this environment
-#                             has SOFIIA_IDEMPOTENCY_BACKEND=redis
+#                             the console's /api/ready reports idempotency on
+#                             redis, when A_URL and B_URL are set, or when this
+#                             environment has SOFIIA_IDEMPOTENCY_BACKEND=redis
 #   A_URL, B_URL              two instances sharing the Redis (default: both
 #                             BASE_URL, which then checks the replay through
 #                             Redis on one instance only)
@@ -313,14 +314,19 @@ fi
 # --- redis idempotency A/B ------------------------------------------------------
 run_redis="${SOFIIA_SMOKE_REDIS:-auto}"
 if [ "$run_redis" = auto ]; then
-  if { [ -n "${A_URL:-}" ] && [ -n "${B_URL:-}" ]; } || [ "${SOFIIA_IDEMPOTENCY_BACKEND:-}" = redis ]; then
+  ready_idempotency=""
+  if [ -s "$work/ready.body" ]; then
+    ready_idempotency="$(opsutil ready-summary "$work/ready.body" backend:idempotency 2>/dev/null || true)"
+  fi
+  if { [ -n "${A_URL:-}" ] && [ -n "${B_URL:-}" ]; } || [ "${SOFIIA_IDEMPOTENCY_BACKEND:-}" = redis ] ||
+    [ "$ready_idempotency" = redis ]; then
     run_redis=1
   else
     run_redis=0
   fi
 fi
 if [ "$run_redis" != 1 ]; then
-  report SKIP "redis idempotency A/B" "not requested (SOFIIA_SMOKE_REDIS=1, or A_URL and B_URL, or SOFIIA_IDEMPOTENCY_BACKEND=redis here)"
+  report SKIP "redis idempotency A/B" "idempotency is not on Redis (/api/ready); force it with SOFIIA_SMOKE_REDIS=1, or A_URL and B_URL"
 elif [ -z "$token" ]; then
   report FAIL "redis idempotency A/B" "SOFIIA_SMOKE_TOKEN is unset"
 else

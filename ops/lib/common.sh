@@ -15,7 +15,8 @@ utc_now() {
 }
 
 # The sofiia-console binary, in the order prune_audit_db.py uses:
-# $SOFIIA_CONSOLE_BIN, `sofiia-console` on PATH, then this checkout's
+# $SOFIIA_CONSOLE_BIN, bin/sofiia-console of the release these scripts came
+# in, `sofiia-console` on PATH, then this checkout's
 # target/release and target/debug builds (under $CARGO_TARGET_DIR if set).
 # Prints the path; returns 1 with a reason on stdout when there is none.
 find_console_bin() {
@@ -26,6 +27,12 @@ find_console_bin() {
     fi
     echo "SOFIIA_CONSOLE_BIN=$SOFIIA_CONSOLE_BIN is not an executable file"
     return 1
+  fi
+  # A release tarball ships the binary in bin/ beside ops/: these scripts
+  # belong to that binary, so it wins over whatever is on PATH.
+  if [ -x "$OPS_ROOT/bin/sofiia-console" ] && [ -f "$OPS_ROOT/bin/sofiia-console" ]; then
+    echo "$OPS_ROOT/bin/sofiia-console"
+    return 0
   fi
   local found
   if found="$(command -v sofiia-console 2>/dev/null)"; then

@@ -11,7 +11,7 @@
     python3 ops/lib/opsutil.py audit-anchor FILE
     python3 ops/lib/opsutil.py redact-url URL
     python3 ops/lib/opsutil.py metric-sum FILE NAME [LABEL=VALUE|LABEL~REGEX ...]
-    python3 ops/lib/opsutil.py ready-summary FILE checks|nodes|bad-nodes
+    python3 ops/lib/opsutil.py ready-summary FILE checks|nodes|bad-nodes|backend:STORE
     python3 ops/lib/opsutil.py audit-find FILE REQUEST_ID
 
 Every subcommand prints one result (or one line per item) on stdout and exits
@@ -401,11 +401,18 @@ def ready_summary(path: str, part: str) -> None:
         print(", ".join(k for k, v in sorted(body.get("nodes", {}).items())
                         if v.get("status") != "ok"))
         return
+    if part.startswith("backend:"):
+        # The backend serving one store (`redis`, `sqlite`, `inmemory`).
+        check = body.get("checks", {}).get(part[len("backend:"):], {})
+        print(check.get("backend", ""))
+        return
     if part not in ("checks", "nodes"):
         fail(f"unknown part {part}", 2)
     items = []
     for name, value in sorted(body.get(part, {}).items()):
         item = f"{name} {value.get('status')}"
+        if value.get("backend"):
+            item += f" [{value['backend']}]"
         if value.get("error"):
             item += f" ({value['error']})"
         items.append(item)

@@ -67,6 +67,28 @@ pub enum SharedBackend {
     Redis,
 }
 
+impl ChatIndexBackend {
+    /// The value of `SOFIIA_CHAT_INDEX_BACKEND` that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatIndexBackend::Sqlite => "sqlite",
+            ChatIndexBackend::InMemory => "inmemory",
+            ChatIndexBackend::Redis => "redis",
+        }
+    }
+}
+
+impl SharedBackend {
+    /// The value of `SOFIIA_IDEMPOTENCY_BACKEND` or
+    /// `SOFIIA_RATE_LIMIT_BACKEND` that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedBackend::InMemory => "inmemory",
+            SharedBackend::Redis => "redis",
+        }
+    }
+}
+
 /// What a send does when the rate limiter's backend is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateLimitFailMode {

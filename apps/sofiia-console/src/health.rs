@@ -20,7 +20,8 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
 pub struct Health {
     /// Every backend answered.
     pub ready: bool,
-    /// Per backend: `{"status":"ok"}` or `{"status":"error","error":...}`.
+    /// Per store: `{"status":"ok","backend":"redis"}` or
+    /// `{"status":"error","error":...,"backend":...}`.
     pub checks: Map<String, Value>,
     /// Per node, the same shape; informational.
     pub nodes: Map<String, Value>,
@@ -48,11 +49,17 @@ pub async fn probe(state: &AppState) -> Health {
         tokio::time::timeout(CHECK_TIMEOUT, state.rate_limiter.ping()),
         tokio::time::timeout(CHECK_TIMEOUT, state.audit.check()),
     );
+    let b = state.backends;
     let mut checks = Map::new();
-    checks.insert("chat_index".into(), check_result(chat_index));
-    checks.insert("idempotency".into(), check_result(idempotency));
-    checks.insert("rate_limiter".into(), check_result(rate_limiter));
-    checks.insert("audit".into(), check_result(audit));
+    for (name, backend, mut result) in [
+        ("chat_index", b.chat_index, check_result(chat_index)),
+        ("idempotency", b.idempotency, check_result(idempotency)),
+        ("rate_limiter", b.rate_limiter, check_result(rate_limiter)),
+        ("audit", b.audit, check_result(audit)),
+    ] {
+        result["backend"] = json!(backend);
+        checks.insert(name.into(), result);
+    }
 
     let probes = state.router.nodes().iter().map(|node| {
         let router = state.router.clone();

@@ -22,7 +22,7 @@ use sofiia_router_client::{DynNodeRouter, EchoRouter, HttpRouter, Instrumented};
 use crate::auth::{OperatorTokens, dev_tokens};
 use crate::config::{ChatIndexBackend, Settings, SharedBackend};
 use crate::routes;
-use crate::state::{AppState, Quotas};
+use crate::state::{AppState, Backends, Quotas};
 use crate::telemetry::{metrics_handle, request_middleware};
 
 /// Why the console could not start.
@@ -211,6 +211,12 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
         audit_keys: settings.audit_keys.clone(),
         clock,
         operators,
+        backends: Backends {
+            chat_index: settings.chat_index_backend.as_str(),
+            idempotency: settings.idempotency_backend.as_str(),
+            rate_limiter: settings.rate_limit_backend.as_str(),
+            audit: "sqlite",
+        },
         logger,
         metrics,
     })

@@ -25,6 +25,20 @@ pub struct Quotas {
     pub fail_mode: RateLimitFailMode,
 }
 
+/// Which backend serves each store, as named in the configuration
+/// (`sqlite`, `inmemory`, `redis`); reported by `/api/ready`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backends {
+    /// The chat index.
+    pub chat_index: &'static str,
+    /// Idempotency keys.
+    pub idempotency: &'static str,
+    /// Rate-limit buckets.
+    pub rate_limiter: &'static str,
+    /// The audit trail.
+    pub audit: &'static str,
+}
+
 /// The console's composed services. Built once at start by
 /// [`crate::server::build_state`] and shared by every worker.
 #[derive(Debug, Clone)]
@@ -47,6 +61,8 @@ pub struct AppState {
     pub clock: Arc<DynClock>,
     /// Who may call the operator endpoints.
     pub operators: OperatorTokens,
+    /// Which backend serves each store.
+    pub backends: Backends,
     /// The JSON logger.
     pub logger: Logger,
     /// Renders `/metrics`.

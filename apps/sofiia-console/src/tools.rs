@@ -579,7 +579,7 @@ fn redact_url(url: &str) -> String {
 pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError> {
     use serde_json::json;
 
-    use crate::config::{ChatIndexBackend, RateLimitFailMode, SharedBackend};
+    use crate::config::RateLimitFailMode;
     use crate::routes::{GIT_SHA, VERSION};
 
     if let Some(nodes) = &settings.nodes {
@@ -588,10 +588,6 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
     if settings.uses_redis() {
         crate::server::redis_pool(&settings.redis_url)?;
     }
-    let backend = |b: SharedBackend| match b {
-        SharedBackend::InMemory => "inmemory",
-        SharedBackend::Redis => "redis",
-    };
     let nodes = settings.nodes.as_ref().map(|n| {
         n.nodes()
             .iter()
@@ -628,14 +624,10 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
         },
         "audit_keys": {"count": settings.audit_keys.len(), "shortest": settings.audit_keys.shortest()},
         "audit_retention_days": settings.audit_retention_days,
-        "chat_index_backend": match settings.chat_index_backend {
-            ChatIndexBackend::Sqlite => "sqlite",
-            ChatIndexBackend::InMemory => "inmemory",
-            ChatIndexBackend::Redis => "redis",
-        },
-        "idempotency_backend": backend(settings.idempotency_backend),
+        "chat_index_backend": settings.chat_index_backend.as_str(),
+        "idempotency_backend": settings.idempotency_backend.as_str(),
         "idempotency_ttl_secs": settings.idempotency_ttl.as_secs(),
-        "rate_limit_backend": backend(settings.rate_limit_backend),
+        "rate_limit_backend": settings.rate_limit_backend.as_str(),
         "rate_limit_chat": settings.rate_limit_chat.to_string(),
         "rate_limit_operator": settings.rate_limit_operator.to_string(),
         "rate_limit_fail_mode": match settings.rate_limit_fail_mode {

@@ -94,17 +94,38 @@ async fn prune_dry_run_prune_and_verify_through_the_commands() {
         .env("SOFIIA_DATA_DIR", dir.path()));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("dry run: 10 audit events"), "{out}");
+
+    // Laid out as a release tarball (bin/ beside ops/), the script finds
+    // the binary it was shipped with, without SOFIIA_CONSOLE_BIN or PATH.
+    let release = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(release.path().join("ops")).unwrap();
+    std::fs::create_dir_all(release.path().join("bin")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../ops/prune_audit_db.py"),
+        release.path().join("ops/prune_audit_db.py"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(BIN, release.path().join("bin/sofiia-console")).unwrap();
+    let (code, out) = run(Command::new("python3")
+        .arg(release.path().join("ops/prune_audit_db.py"))
+        .args(["--dry-run", "--retention-days", "30"])
+        .env_remove("SOFIIA_CONSOLE_BIN")
+        .env("PATH", "/usr/bin:/bin")
+        .env("SOFIIA_DATA_DIR", dir.path()));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dry run: 10 audit events"), "{out}");
+
     let events = all_events(&db).await;
     assert_eq!(
         events.len(),
-        17,
+        18,
         "a dry run deletes nothing and records itself"
     );
     let runs: Vec<&Value> = events
         .iter()
         .filter(|e| e["action"] == "audit.prune")
         .collect();
-    assert_eq!(runs.len(), 2);
+    assert_eq!(runs.len(), 3);
     assert_eq!(runs[0]["actor"], "system");
     assert_eq!(runs[0]["details"]["dry_run"], true);
     assert_eq!(runs[0]["details"]["events"], 10);

@@ -187,6 +187,9 @@ async fn a_chat_written_through_a_is_listed_paged_and_read_through_b() {
         let (status, ready) = instance.get("/api/ready").await;
         assert_eq!(status, StatusCode::OK, "{ready}");
         assert_eq!(ready["checks"]["chat_index"]["status"], "ok", "{ready}");
+        for store in ["chat_index", "idempotency", "rate_limiter"] {
+            assert_eq!(ready["checks"][store]["backend"], "redis", "{ready}");
+        }
     }
 
     let (status, created) = a

@@ -27,6 +27,11 @@ async fn health_and_ready_need_no_token() {
     let r = ready.json();
     assert_eq!(r["status"], "ready");
     assert_eq!(r["checks"]["chat_index"]["status"], "ok");
+    // The embedded defaults, named as the configuration names them.
+    assert_eq!(r["checks"]["chat_index"]["backend"], "sqlite");
+    assert_eq!(r["checks"]["idempotency"]["backend"], "inmemory");
+    assert_eq!(r["checks"]["rate_limiter"]["backend"], "inmemory");
+    assert_eq!(r["checks"]["audit"]["backend"], "sqlite");
     assert_eq!(r["nodes"]["NODA1"]["status"], "ok");
     console.stop().await;
 }

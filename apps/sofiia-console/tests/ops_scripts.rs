@@ -627,6 +627,36 @@ async fn smoke_passes_against_two_running_consoles_on_redis() {
     );
     assert_eq!(out.last_line(), "RESULT: PASS", "{out}");
     out.assert_no_secret(&deployment);
+
+    // As the release runbook runs it: the smoke's two secrets and nothing of
+    // the console's configuration. It learns from /api/ready that
+    // idempotency is on Redis and runs the A/B smoke on the one instance.
+    let mut cmd = deployment.script("smoke.sh", &[b.base.as_str()]);
+    for (key, _) in &deployment.vars {
+        cmd.env_remove(key);
+    }
+    let out = run(cmd
+        .env("SOFIIA_SMOKE_TOKEN", &deployment.token)
+        .env("SOFIIA_SMOKE_AUDIT_KEY", &deployment.audit_key));
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        has_line(
+            &out,
+            "PASS ready: 200 (audit ok [sqlite], chat_index ok [sqlite], idempotency ok [redis], rate_limiter ok [redis])"
+        ),
+        "{out}"
+    );
+    assert!(
+        has_line(
+            &out,
+            &format!(
+                "PASS redis idempotency A/B: A {0}, B {0}: one instance; set A_URL and B_URL for a cross-instance check",
+                b.base
+            )
+        ),
+        "{out}"
+    );
+    assert_eq!(out.last_line(), "RESULT: PASS", "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
