@@ -74,7 +74,9 @@ else
   pids+=($!)
   stub_url="http://127.0.0.1:$stub_port"
 
-  start_console() { # name
+  # Not in a command substitution: that would run it in a subshell, whose
+  # pids+= the cleanup never sees, leaving the consoles running.
+  start_console() { # name, variable for its URL
     local port dir
     port=$(free_port)
     dir="$work/$1"
@@ -86,10 +88,10 @@ else
       SOFIIA_REDIS_URL="$redis_url" SOFIIA_REDIS_PREFIX="$prefix" SOFIIA_WORKERS=2 \
       "$bin_dir/sofiia-console" >"$work/$1.log" 2>&1 &
     pids+=($!)
-    echo "http://127.0.0.1:$port"
+    printf -v "$2" '%s' "http://127.0.0.1:$port"
   }
-  A_URL=$(start_console a)
-  B_URL=$(start_console b)
+  start_console a A_URL
+  start_console b B_URL
   for _ in $(seq 1 100); do curl -fsS "$stub_url/v1/health" >/dev/null 2>&1 && break; sleep 0.1; done
   wait_healthy "$A_URL" a
   wait_healthy "$B_URL" b

@@ -849,3 +849,56 @@ async fn evidence_shows_fail_when_the_preflight_failed() {
         );
     }
 }
+
+/// The processes whose environment holds a value under `dir`.
+fn processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(entry.path().join("environ"))
+            && String::from_utf8_lossy(&env).contains(&needle)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_self_contained_redis_smoke_passes_and_stops_what_it_started() {
+    let Some(redis) = RedisTestContext::new("the_self_contained_redis_smoke").await else {
+        return;
+    };
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    assert!(
+        bin_dir.join("sofiia-router-stub").is_file(),
+        "sofiia-router-stub is not built in {}: run the workspace's tests",
+        bin_dir.display()
+    );
+    // The script's work dir (mktemp) lands here, and every console it starts
+    // has its data dir inside it.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.arg(Path::new(ROOT).join("ops/redis_idempotency_smoke.sh"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("SOFIIA_") || key == "A_URL" || key == "B_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    let out = run(cmd
+        .env("SOFIIA_REDIS_URL", &redis.url)
+        .env("SOFIIA_BIN_DIR", bin_dir)
+        .env("TMPDIR", tmp.path()));
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.last_line(), "PASS", "{out}");
+    assert!(
+        has_line(&out, "PASS the node saw exactly one call"),
+        "the self-contained run checks the node: {out}"
+    );
+    let left = processes_under(tmp.path());
+    assert!(left.is_empty(), "processes left running: {left:?}\n{out}");
+}
