@@ -20,9 +20,16 @@ work="$(mktemp -d)"
 pids=()
 failed=0
 
+prefix=""
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+  # ${pids[@]+...}: an empty array is an unbound variable to older bash.
+  for pid in ${pids[@]+"${pids[@]}"}; do kill "$pid" 2>/dev/null; done
+  for pid in ${pids[@]+"${pids[@]}"}; do wait "$pid" 2>/dev/null; done
+  # The keys of a self-contained run (its own prefix) go with it.
+  if [ -n "$prefix" ]; then
+    redis-cli -u "$redis_url" --scan --pattern "${prefix}*" 2>/dev/null |
+      xargs -r -n 500 redis-cli -u "$redis_url" UNLINK >/dev/null 2>&1
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -68,6 +75,7 @@ else
   fi
   token="smoke-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
   prefix="sofiia-smoke:$(python3 -c 'import secrets; print(secrets.token_hex(6))'):"
+  echo "redis: keys under $prefix, deleted at the end"
 
   stub_port=$(free_port)
   "$bin_dir/sofiia-router-stub" --bind "127.0.0.1:$stub_port" --name NODA1 >"$work/stub.log" 2>&1 &

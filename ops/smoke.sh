@@ -313,11 +313,11 @@ fi
 
 # --- redis idempotency A/B ------------------------------------------------------
 run_redis="${SOFIIA_SMOKE_REDIS:-auto}"
+ready_idempotency=""
+if [ -s "$work/ready.body" ]; then
+  ready_idempotency="$(opsutil ready-summary "$work/ready.body" backend:idempotency 2>/dev/null || true)"
+fi
 if [ "$run_redis" = auto ]; then
-  ready_idempotency=""
-  if [ -s "$work/ready.body" ]; then
-    ready_idempotency="$(opsutil ready-summary "$work/ready.body" backend:idempotency 2>/dev/null || true)"
-  fi
   if { [ -n "${A_URL:-}" ] && [ -n "${B_URL:-}" ]; } || [ "${SOFIIA_IDEMPOTENCY_BACKEND:-}" = redis ] ||
     [ "$ready_idempotency" = redis ]; then
     run_redis=1
@@ -326,7 +326,14 @@ if [ "$run_redis" = auto ]; then
   fi
 fi
 if [ "$run_redis" != 1 ]; then
-  report SKIP "redis idempotency A/B" "idempotency is not on Redis (/api/ready); force it with SOFIIA_SMOKE_REDIS=1, or A_URL and B_URL"
+  if [ "${SOFIIA_SMOKE_REDIS:-auto}" = 0 ]; then
+    why="SOFIIA_SMOKE_REDIS=0"
+  elif [ -n "$ready_idempotency" ]; then
+    why="idempotency is on $ready_idempotency (/api/ready)"
+  else
+    why="/api/ready did not say where idempotency is"
+  fi
+  report SKIP "redis idempotency A/B" "$why; force it with SOFIIA_SMOKE_REDIS=1, or A_URL and B_URL"
 elif [ -z "$token" ]; then
   report FAIL "redis idempotency A/B" "SOFIIA_SMOKE_TOKEN is unset"
 else

@@ -65,8 +65,8 @@ pub(crate) struct Cli {
     /// Messages in the chat whose first page the `list` scenario reads.
     #[arg(long, global = true)]
     pub list_messages: Option<u64>,
-    /// Chat sizes (messages) at which page fetches are timed.
-    #[arg(long, global = true, value_delimiter = ',')]
+    /// Chat sizes (messages, at least 100) at which page fetches are timed.
+    #[arg(long, global = true, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(100..))]
     pub growth_sizes: Vec<u64>,
     /// Audit events appended before prune is timed.
     #[arg(long, global = true)]
@@ -223,7 +223,6 @@ impl Settings {
         };
         growth_sizes.sort_unstable();
         growth_sizes.dedup();
-        growth_sizes.retain(|n| *n >= 2);
         Settings {
             quick,
             rounds: cli.rounds.unwrap_or(choose(quick, 5, 2)),
@@ -317,7 +316,7 @@ mod tests {
             "--scenarios",
             "health,embedded,health,redis",
             "--growth-sizes",
-            "1000000,1000,1000,1",
+            "1000000,1000,1000",
         ]);
         assert_eq!(
             s.scenarios,
@@ -334,6 +333,7 @@ mod tests {
             &["--rounds", "0"],
             &["--concurrency", "0"],
             &["--scenarios", "everything"],
+            &["--growth-sizes", "50"],
             &["frobnicate"],
         ] {
             let parsed =

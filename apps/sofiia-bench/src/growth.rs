@@ -202,7 +202,9 @@ pub(crate) async fn run(
     progress: &dyn Fn(&str),
 ) -> Result<Vec<GrowthRow>, String> {
     let mut rows = Vec::new();
-    for backend in ["sqlite", "inmemory"] {
+    // In-memory first: its footprint is this process's memory growth, which
+    // memory freed by an earlier pass would hide.
+    for backend in ["inmemory", "sqlite"] {
         let path = dir.join("growth-chat-index.db");
         let rss_before = self_rss_bytes();
         let store: Arc<DynChatIndexStore> = match backend {

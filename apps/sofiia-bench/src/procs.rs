@@ -94,13 +94,14 @@ impl Server {
             .spawn()
             .map_err(|e| StartFailure::Other(format!("cannot start {name}: {e}")))?;
         let Some(stdout) = child.stdout.take() else {
+            stop_now(&mut child);
             return Err(StartFailure::Other(format!("{name}: no stdout pipe")));
         };
         let (tx, rx) = mpsc::channel();
         // The reader keeps draining stdout for the child's whole life: a
         // console writes a log line per request, and a full pipe would stall
         // it. Draining costs the same for every scenario.
-        thread::Builder::new()
+        let reader = thread::Builder::new()
             .name(format!("drain-{name}"))
             .spawn(move || {
                 let mut reader = BufReader::new(stdout);
@@ -126,8 +127,13 @@ impl Server {
                 }
                 let mut sink = [0u8; 64 * 1024];
                 while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
-            })
-            .map_err(|e| StartFailure::Other(format!("cannot start a reader thread: {e}")))?;
+            });
+        if let Err(e) = reader {
+            stop_now(&mut child);
+            return Err(StartFailure::Other(format!(
+                "cannot start a reader thread: {e}"
+            )));
+        }
 
         let deadline = Instant::now() + START_TIMEOUT;
         let mut seen: Vec<String> = Vec::new();
@@ -150,6 +156,10 @@ impl Server {
                 }
                 Ok(Line::Eof) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = wait_for_exit(&mut child, Duration::from_secs(5));
+                    if status.is_none() {
+                        // Closed its stdout but still running: do not leave it.
+                        stop_now(&mut child);
+                    }
                     let mut output = tail(&stderr_path, 5);
                     output.extend(seen.into_iter().rev().take(5).rev());
                     return Err(StartFailure::Exited {
@@ -158,8 +168,7 @@ impl Server {
                     });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    stop_now(&mut child);
                     return Err(StartFailure::Other(format!(
                         "{name} did not listen within {}s; stderr: {}",
                         START_TIMEOUT.as_secs(),
@@ -239,6 +248,12 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Kills `child` and reaps it.
+fn stop_now(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {

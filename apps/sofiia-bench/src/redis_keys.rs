@@ -38,7 +38,11 @@ pub(crate) async fn server_pid(url: &str) -> Option<u32> {
         .ok()?;
     // A pid of a remote server would name an unrelated local process.
     let local = url.contains("127.0.0.1") || url.contains("localhost") || url.contains("[::1]");
-    (local && std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+    // And a server in a container reports its own namespace's pid, which
+    // here may name another process: only a process named redis counts.
+    let is_redis = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim_start().starts_with("redis"));
+    (local && is_redis).then_some(pid)
 }
 
 /// A glob pattern matching every key that starts with `prefix`, with the

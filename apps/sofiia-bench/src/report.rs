@@ -138,7 +138,7 @@ pub(crate) fn load(report: &LoadReport) -> String {
     );
     let _ = writeln!(
         out,
-        "Medians across rounds. The ratios are taken per round (scenario ÷ the baseline run of the same round) and their median is shown; the range of the per-round throughput ratios follows in brackets. Server CPU is the measured process's user + system time over the run (every thread: HTTP workers, SQLite threads, audit writer, logger) divided by the requests it answered; `1 000 000 ÷ CPU µs/req` is requests per second per fully used core.\n"
+        "Medians across rounds. The ratios are taken per round (scenario ÷ the baseline run of the same round) and their median is shown. The baseline is a send through the bare proxy, except for (e), whose baseline is the bare proxy's own `GET /api/health`; so (c) and (d) compare a replay and a page read with a proxied send; the range of the per-round throughput ratios follows in brackets. Server CPU is the measured process's user + system time over the run (every thread: HTTP workers, SQLite threads, audit writer, logger) divided by the requests it answered; `1 000 000 ÷ CPU µs/req` is requests per second per fully used core.\n"
     );
     let _ = writeln!(
         out,
@@ -151,7 +151,7 @@ pub(crate) fn load(report: &LoadReport) -> String {
     if let Some(b) = &report.baseline {
         let _ = writeln!(
             out,
-            "| baseline: bare proxy to the node (all rounds) | {:.0} | {} | {} | {} | {} | {:.0} | 1 | 1 | 1 |",
+            "| baseline: send through the bare proxy to the node (all rounds) | {:.0} | {} | {} | {} | {} | {:.0} | 1 | 1 | 1 |",
             b.rps,
             ms(b.p50_ms),
             ms(b.p99_ms),

@@ -117,8 +117,8 @@ impl RunNumbers {
 }
 
 /// The median of `values` (the mean of the two middle values for an even
-/// count); `None` for no values. NaNs sort last and are never chosen over a
-/// number unless only NaNs remain.
+/// count); `None` for no values. NaNs sort last, so they are chosen only
+/// when at least half the values are NaN.
 pub(crate) fn median(values: &[f64]) -> Option<f64> {
     let mut sorted: Vec<f64> = values.to_vec();
     sorted.sort_by(f64::total_cmp);

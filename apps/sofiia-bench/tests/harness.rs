@@ -92,8 +92,9 @@ fn load_rounds_print_every_scenario_against_the_baseline() {
     let report = String::from_utf8(out.stdout).expect("UTF-8 report");
     assert!(report.starts_with("# sofiia-console cost measurements"));
 
-    let baseline = row(&report, "baseline: bare proxy");
+    let baseline = row(&report, "baseline: send through the bare proxy");
     assert!(number(&baseline[1]) > 0.0, "baseline req/s: {baseline:?}");
+    assert!(number(&baseline[6]) > 0.0, "baseline CPU: {baseline:?}");
     let mut labels = vec!["(a) send, embedded defaults", "(c) idempotent replay"];
     if redis_wanted() {
         labels.push("(b) send, Redis backends");
@@ -105,9 +106,26 @@ fn load_rounds_print_every_scenario_against_the_baseline() {
         assert_eq!(cells.len(), 10, "{label}: {cells:?}");
         assert!(number(&cells[1]) > 0.0, "{label} measured no requests");
         assert_eq!(cells[5], "0", "{label} had errors");
+        assert!(
+            number(&cells[6]) > 0.0,
+            "{label} has no CPU per request: {cells:?}"
+        );
         assert!(number(&cells[7]) > 0.0, "{label} has no ratio: {cells:?}");
-        // Two rounds, each with its own ratio, give a range.
-        assert!(cells[7].contains('–'), "{label}: {cells:?}");
+        assert!(
+            number(&cells[9]) > 0.0,
+            "{label} has no CPU ratio: {cells:?}"
+        );
+        // One row per round in the details, in alternating order.
+        let rounds: Vec<&str> = report
+            .lines()
+            .filter(|l| l.starts_with(&format!("| {label} | ")))
+            .skip(1)
+            .collect();
+        assert_eq!(rounds.len(), 2, "{label}: {rounds:?}");
+        assert!(
+            rounds[0].contains("| B→A |") && rounds[1].contains("| A→B |"),
+            "{rounds:?}"
+        );
     }
     if redis_wanted() {
         assert!(

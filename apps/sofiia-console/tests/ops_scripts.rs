@@ -901,4 +901,22 @@ async fn the_self_contained_redis_smoke_passes_and_stops_what_it_started() {
     );
     let left = processes_under(tmp.path());
     assert!(left.is_empty(), "processes left running: {left:?}\n{out}");
+
+    // Its keys go too.
+    let prefix = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("redis: keys under "))
+        .and_then(|l| l.strip_suffix(", deleted at the end"))
+        .unwrap_or_else(|| panic!("no key prefix line\n{out}"))
+        .to_owned();
+    assert!(prefix.starts_with("sofiia-smoke:"), "{prefix}");
+    let client = deadpool_redis::redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "keys left under {prefix}: {keys:?}");
 }
