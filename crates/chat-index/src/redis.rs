@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, RedisError, Script, ScriptInvocation, Value};
-use deadpool_redis::{Connection, Pool, PoolError};
+use deadpool_redis::{Pool, PoolError};
 use sofiia_core_domain::{
     Chat, ChatId, ChatTitle, Cursor, Exchange, Message, MessageId, NewChat, NodeId, OperatorId,
     Page, PageRequest, Role, Timestamp, ValidationError,
 };
-use tokio::time::{Instant, timeout_at};
+use sofiia_redis_support::CallError;
 
 use crate::exchange::{self, ExchangeError};
 use crate::import::{self, ImportError};
@@ -406,9 +406,14 @@ impl From<RedisIndexError> for ChatIndexError {
     }
 }
 
-/// Whether the connection that produced `e` must not be used again.
-fn is_broken(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_unrecoverable_error()
+impl From<CallError> for RedisIndexError {
+    fn from(err: CallError) -> Self {
+        match err {
+            CallError::Pool(e) => Self::Pool(e),
+            CallError::Redis(e) => Self::Redis(e),
+            CallError::Timeout(t) => Self::Timeout(t),
+        }
+    }
 }
 
 impl RedisChatIndex {
@@ -420,19 +425,7 @@ impl RedisChatIndex {
     /// `sofiia:`), and every instance of one deployment the same.
     pub fn new(pool: Pool, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
-        // Escaped so that the first `{...}` of every key is the tag: an
-        // empty `{}` in the prefix would otherwise make Redis Cluster hash
-        // each whole key to a slot of its own.
-        let mut key_prefix = String::with_capacity(prefix.len() + HASH_TAG.len() + 1);
-        for c in prefix.chars() {
-            match c {
-                '{' => key_prefix.push_str("%7B"),
-                '}' => key_prefix.push_str("%7D"),
-                c => key_prefix.push(c),
-            }
-        }
-        key_prefix.push_str(HASH_TAG);
-        key_prefix.push(':');
+        let key_prefix = sofiia_redis_support::tagged_key_prefix(&prefix, HASH_TAG);
         Self {
             pool,
             prefix,
@@ -490,49 +483,12 @@ impl RedisChatIndex {
 
     /// Runs `invocation` within the operation timeout.
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, RedisIndexError> {
-        let deadline = Instant::now() + self.op_timeout;
-        let mut conn = self.connection(deadline).await?;
-        let result = timeout_at(deadline, invocation.invoke_async(&mut conn)).await;
-        self.settle(conn, result)
+        Ok(sofiia_redis_support::invoke(&self.pool, self.op_timeout, invocation).await?)
     }
 
     /// Runs `cmd` within the operation timeout.
     async fn query(&self, cmd: &redis::Cmd) -> Result<Value, RedisIndexError> {
-        let deadline = Instant::now() + self.op_timeout;
-        let mut conn = self.connection(deadline).await?;
-        let result = timeout_at(deadline, cmd.query_async(&mut conn)).await;
-        self.settle(conn, result)
-    }
-
-    async fn connection(&self, deadline: Instant) -> Result<Connection, RedisIndexError> {
-        match timeout_at(deadline, self.pool.get()).await {
-            Ok(conn) => Ok(conn?),
-            Err(_) => Err(RedisIndexError::Timeout(self.op_timeout)),
-        }
-    }
-
-    /// Unwraps a timed command's result. A connection that timed out or
-    /// failed at the connection level is taken out of the pool and dropped:
-    /// a late reply could still be in its pipe, and a dead one would fail
-    /// every borrower until the pool's next health check.
-    fn settle<T>(
-        &self,
-        conn: Connection,
-        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
-    ) -> Result<T, RedisIndexError> {
-        match result {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                if is_broken(&e) {
-                    drop(Connection::take(conn));
-                }
-                Err(e.into())
-            }
-            Err(_) => {
-                drop(Connection::take(conn));
-                Err(RedisIndexError::Timeout(self.op_timeout))
-            }
-        }
+        Ok(sofiia_redis_support::query(&self.pool, self.op_timeout, cmd).await?)
     }
 
     async fn try_create(&self, chat: &NewChat) -> Result<bool, RedisIndexError> {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, RedisError, Script, Value};
-use deadpool_redis::{Connection, Pool, PoolError};
-use tokio::time::{Instant, timeout_at};
+use deadpool_redis::{Pool, PoolError};
+use sofiia_redis_support::CallError;
 
 use crate::fingerprint::{to_hex, ttl_millis};
 use crate::{
@@ -148,9 +148,14 @@ impl RedisStoreError {
     }
 }
 
-/// Whether the connection that produced `e` must not be used again.
-fn is_broken(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_unrecoverable_error()
+impl From<CallError> for RedisStoreError {
+    fn from(err: CallError) -> Self {
+        match err {
+            CallError::Pool(e) => Self::Pool(e),
+            CallError::Redis(e) => Self::Redis(e),
+            CallError::Timeout(t) => Self::Timeout(t),
+        }
+    }
 }
 
 impl From<RedisStoreError> for IdempotencyError {
@@ -212,52 +217,12 @@ impl RedisIdempotencyStore {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Value, RedisStoreError> {
-        let deadline = Instant::now() + self.op_timeout;
-        let mut conn = self.connection(deadline).await?;
-        let result = timeout_at(deadline, invocation.invoke_async(&mut conn)).await;
-        self.settle(conn, result)
-    }
-
-    async fn connection(&self, deadline: Instant) -> Result<Connection, RedisStoreError> {
-        match timeout_at(deadline, self.pool.get()).await {
-            Ok(conn) => Ok(conn?),
-            Err(_) => Err(RedisStoreError::Timeout(self.op_timeout)),
-        }
-    }
-
-    /// Unwraps a timed command's result. A connection that timed out or
-    /// failed at the connection level is taken out of the pool and dropped:
-    /// a late reply could still be in its pipe, and a dead one would fail
-    /// every borrower until the pool's next health check.
-    fn settle<T>(
-        &self,
-        conn: Connection,
-        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
-    ) -> Result<T, RedisStoreError> {
-        match result {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                if is_broken(&e) {
-                    drop(Connection::take(conn));
-                }
-                Err(e.into())
-            }
-            Err(_) => {
-                drop(Connection::take(conn));
-                Err(RedisStoreError::Timeout(self.op_timeout))
-            }
-        }
+        Ok(sofiia_redis_support::invoke(&self.pool, self.op_timeout, invocation).await?)
     }
 
     async fn ping(&self) -> Result<(), RedisStoreError> {
-        let deadline = Instant::now() + self.op_timeout;
-        let mut conn = self.connection(deadline).await?;
-        let result = timeout_at(
-            deadline,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await;
-        let pong = self.settle(conn, result)?;
+        let pong: String =
+            sofiia_redis_support::query(&self.pool, self.op_timeout, &redis::cmd("PING")).await?;
         if pong == "PONG" {
             Ok(())
         } else {

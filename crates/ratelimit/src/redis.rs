@@ -182,19 +182,7 @@ impl RedisRateLimiter {
     /// A limiter on `pool` with the given options.
     pub fn with_options(pool: Pool, prefix: impl Into<String>, options: RedisOptions) -> Self {
         let prefix = prefix.into();
-        // Escaped so the first `{...}` of every key is `{rl}` (or lies in
-        // no prefix at all): an empty `{}` in the prefix would otherwise make
-        // Redis Cluster hash each whole key to its own slot.
-        let mut key_prefix = String::with_capacity(prefix.len() + HASH_TAG.len() + 1);
-        for c in prefix.chars() {
-            match c {
-                '{' => key_prefix.push_str("%7B"),
-                '}' => key_prefix.push_str("%7D"),
-                c => key_prefix.push(c),
-            }
-        }
-        key_prefix.push_str(HASH_TAG);
-        key_prefix.push(':');
+        let key_prefix = sofiia_redis_support::tagged_key_prefix(&prefix, HASH_TAG);
         Self {
             pool,
             key_prefix,

@@ -1,4 +1,6 @@
-//! Redis failure classification shared by the sofiia-console backends.
+//! Redis plumbing shared by the sofiia-console backends: calls bound by a
+//! deadline ([`invoke`], [`query`]), key prefixes carrying a Cluster hash tag
+//! ([`tagged_key_prefix`]), and failure classification.
 //!
 //! The idempotency store and the rate limiter both turn a Redis failure
 //! into one of two public errors: `Unavailable` (Redis or the way to it is
@@ -18,8 +20,116 @@
 //! assert!(!sofiia_redis_support::is_transient(&script));
 //! ```
 
-use deadpool_redis::PoolError;
-use deadpool_redis::redis::RedisError;
+use std::time::Duration;
+
+use deadpool_redis::redis::{Cmd, FromRedisValue, RedisError, ScriptInvocation, Value};
+use deadpool_redis::{Connection, Pool, PoolError};
+use tokio::time::{Instant, timeout_at};
+
+/// Why one deadline-bound call failed; each backend maps it into its own
+/// error and classifies it there.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection could be had from the pool.
+    #[error("no Redis connection could be had from the pool")]
+    Pool(#[from] PoolError),
+    /// The command failed.
+    #[error("the Redis command failed")]
+    Redis(#[from] RedisError),
+    /// No answer within the deadline (waiting for a connection included).
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Runs a script on a connection from `pool`, all within `timeout`.
+///
+/// A connection that timed out or failed at the connection level is taken
+/// out of the pool and dropped: a late reply could still be in its pipe, and
+/// a dead one would fail every borrower until the pool's next health check.
+///
+/// # Errors
+///
+/// [`CallError`].
+pub async fn invoke(
+    pool: &Pool,
+    timeout: Duration,
+    invocation: &ScriptInvocation<'_>,
+) -> Result<Value, CallError> {
+    let deadline = Instant::now() + timeout;
+    let mut conn = connection(pool, timeout, deadline).await?;
+    let result = timeout_at(deadline, invocation.invoke_async(&mut conn)).await;
+    settle(conn, timeout, result)
+}
+
+/// Runs `cmd` on a connection from `pool`, all within `timeout`, as
+/// [`invoke`] does.
+///
+/// # Errors
+///
+/// [`CallError`].
+pub async fn query<T: FromRedisValue>(
+    pool: &Pool,
+    timeout: Duration,
+    cmd: &Cmd,
+) -> Result<T, CallError> {
+    let deadline = Instant::now() + timeout;
+    let mut conn = connection(pool, timeout, deadline).await?;
+    let result = timeout_at(deadline, cmd.query_async(&mut conn)).await;
+    settle(conn, timeout, result)
+}
+
+async fn connection(
+    pool: &Pool,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<Connection, CallError> {
+    match timeout_at(deadline, pool.get()).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(CallError::Timeout(timeout)),
+    }
+}
+
+fn settle<T>(
+    conn: Connection,
+    timeout: Duration,
+    result: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
+) -> Result<T, CallError> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            if e.is_io_error() || e.is_unrecoverable_error() {
+                drop(Connection::take(conn));
+            }
+            Err(e.into())
+        }
+        Err(_) => {
+            drop(Connection::take(conn));
+            Err(CallError::Timeout(timeout))
+        }
+    }
+}
+
+/// `prefix` with `{` and `}` escaped (as `%7B` and `%7D`), then `hash_tag`
+/// and `:`. The escape makes `hash_tag` the first `{...}` of every key, so
+/// all of a backend's keys share one Redis Cluster slot; an empty `{}` in
+/// the prefix would otherwise hash each whole key to a slot of its own.
+///
+/// ```
+/// assert_eq!(sofiia_redis_support::tagged_key_prefix("a{}b:", "{rl}"), "a%7B%7Db:{rl}:");
+/// ```
+pub fn tagged_key_prefix(prefix: &str, hash_tag: &str) -> String {
+    let mut key_prefix = String::with_capacity(prefix.len() + hash_tag.len() + 1);
+    for c in prefix.chars() {
+        match c {
+            '{' => key_prefix.push_str("%7B"),
+            '}' => key_prefix.push_str("%7D"),
+            c => key_prefix.push(c),
+        }
+    }
+    key_prefix.push_str(hash_tag);
+    key_prefix.push(':');
+    key_prefix
+}
 
 /// The error codes of replies that mean "not now": a script running past
 /// `busy-reply-threshold`, a server loading its data set, a replica whose
