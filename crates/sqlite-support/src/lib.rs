@@ -53,6 +53,10 @@ use deadpool_sqlite::{
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
+mod writer;
+
+pub use crate::writer::{Writer, WriterOptions, WriterStats};
+
 /// What a connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionRole {
@@ -73,6 +77,7 @@ pub type Tune = fn(&Connection, ConnectionRole) -> rusqlite::Result<()>;
 #[derive(Debug, Clone, Copy)]
 pub struct Setup {
     busy_timeout: Duration,
+    initial: Tune,
     tune: Tune,
 }
 
@@ -81,8 +86,18 @@ impl Setup {
     pub fn new(busy_timeout: Duration) -> Self {
         Self {
             busy_timeout,
+            initial: |_, _| Ok(()),
             tune: |_, _| Ok(()),
         }
+    }
+
+    /// This setup, with `initial` run on each connection before it is put
+    /// in WAL mode: for settings that take effect only on a file with no
+    /// table yet and not in WAL mode, such as `auto_vacuum`.
+    #[must_use]
+    pub fn with_initial(mut self, initial: Tune) -> Self {
+        self.initial = initial;
+        self
     }
 
     /// This setup, with `tune` run on each connection once it is in WAL
@@ -98,8 +113,8 @@ impl Setup {
         self.busy_timeout
     }
 
-    /// Sets up `conn`: the busy timeout, WAL mode, the tuning, then the
-    /// role's settings (immediate transactions for the writer, `query_only`
+    /// Sets up `conn`: the busy timeout, the initial settings, WAL mode, the
+    /// tuning, then the role's settings (immediate transactions for the writer, `query_only`
     /// for a reader).
     ///
     /// # Errors
@@ -110,6 +125,7 @@ impl Setup {
     pub fn configure(&self, conn: &mut Connection, role: ConnectionRole) -> Result<(), Error> {
         // First, so that the pragmas below wait for a lock instead of failing.
         conn.busy_timeout(self.busy_timeout)?;
+        (self.initial)(conn, role)?;
         let mode = enable_wal(conn, self.busy_timeout)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::NotWal);
@@ -279,12 +295,41 @@ pub fn is_busy(err: &rusqlite::Error) -> bool {
     )
 }
 
+/// Whether a later retry may succeed: the file was busy, the disk was full,
+/// the disk failed an I/O (a stalled or vanished disk), or SQLite undid the
+/// transaction because of one of those.
+pub fn is_retryable(err: &rusqlite::Error) -> bool {
+    is_busy(err)
+        || matches!(
+            err.sqlite_error_code(),
+            Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::OperationAborted)
+        )
+}
+
+/// The SQLite result code found in `err`'s chain of sources (`err`
+/// itself included), if any: a driver error, directly or as shared by a
+/// [`Writer`]'s batch.
+pub fn sqlite_error_code(err: &(dyn std::error::Error + 'static)) -> Option<ErrorCode> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let driver = e.downcast_ref::<rusqlite::Error>().or_else(|| {
+            e.downcast_ref::<std::sync::Arc<rusqlite::Error>>()
+                .map(|a| &**a)
+        });
+        if let Some(code) = driver.and_then(rusqlite::Error::sqlite_error_code) {
+            return Some(code);
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// Whether a later retry may succeed after the pool failed: the file was
 /// busy while a connection was opened or set up, no connection was free in
 /// time, or the pool is closed (the store is shut down).
 pub fn pool_error_is_transient(err: &PoolError) -> bool {
     match err {
-        PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)) => is_busy(e),
+        PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)) => is_retryable(e),
         PoolError::Timeout(_) | PoolError::Closed => true,
         _ => false,
     }
@@ -319,16 +364,28 @@ pub enum Error {
     /// The file could not be put in WAL mode.
     #[error("the database could not be put in WAL mode")]
     NotWal,
+    /// A [`Writer`]'s write succeeded, but the transaction it ran in did
+    /// not commit (a full disk, an I/O error, a lock held elsewhere), so it
+    /// was undone.
+    #[error("the SQLite transaction did not commit")]
+    Batch(#[source] std::sync::Arc<rusqlite::Error>),
+    /// The [`Writer`] is closed or its thread has stopped.
+    #[error("the SQLite writer is closed")]
+    WriterStopped,
 }
 
 impl Error {
-    /// Whether a later retry may succeed: the file was busy.
+    /// Whether a later retry may succeed: the file was busy, the disk full
+    /// or failing (see [`is_retryable`]), or the writer is closed (the
+    /// store is shutting down).
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Sqlite(e)
             | Error::Migration(rusqlite_migration::Error::RusqliteError { err: e, .. }) => {
-                is_busy(e)
+                is_retryable(e)
             }
+            Error::Batch(e) => is_retryable(e),
+            Error::WriterStopped => true,
             _ => false,
         }
     }
