@@ -160,7 +160,11 @@ impl Rig {
             ),
             ("SOFIIA_RATE_LIMIT_CHAT".to_owned(), NO_LIMIT.to_owned()),
             ("SOFIIA_RATE_LIMIT_OPERATOR".to_owned(), NO_LIMIT.to_owned()),
-            ("SOFIIA_SHUTDOWN_TIMEOUT_SECS".to_owned(), "2".to_owned()),
+            // Short timeouts (the stub answers at once), so that a stop
+            // is quick; the shutdown timeout must cover the slowest send.
+            ("SOFIIA_INFER_TIMEOUT_MS".to_owned(), "5000".to_owned()),
+            ("SOFIIA_STORE_TIMEOUT_MS".to_owned(), "500".to_owned()),
+            ("SOFIIA_SHUTDOWN_TIMEOUT_SECS".to_owned(), "10".to_owned()),
             (
                 "SOFIIA_REDIS_URL".to_owned(),
                 self.settings.redis_url.clone(),

@@ -15,8 +15,10 @@ use sofiia_core_domain::NodeId;
 use sofiia_ratelimit::Quota;
 use sofiia_router_client::NodesConfig;
 
-use crate::auth::{AuditKeys, OperatorTokens};
-use crate::problem::error_chain;
+use sofiia_core_domain::error_chain;
+
+use crate::credentials::{AuditKeys, OperatorTokens};
+use crate::send::{RateLimitFailMode, Sender};
 
 /// A setting that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -78,24 +80,37 @@ impl ChatIndexBackend {
     }
 }
 
+/// Where idempotency keys live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyBackend {
+    /// A SQLite file in the data dir (the default): one instance, durable
+    /// across restarts and crashes.
+    Sqlite,
+    /// Process memory: one instance, lost on restart, bounded.
+    InMemory,
+    /// Redis (`SOFIIA_REDIS_URL`): shared by every instance on it.
+    Redis,
+}
+
+impl IdempotencyBackend {
+    /// The value of `SOFIIA_IDEMPOTENCY_BACKEND` that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdempotencyBackend::Sqlite => "sqlite",
+            IdempotencyBackend::InMemory => "inmemory",
+            IdempotencyBackend::Redis => "redis",
+        }
+    }
+}
+
 impl SharedBackend {
-    /// The value of `SOFIIA_IDEMPOTENCY_BACKEND` or
-    /// `SOFIIA_RATE_LIMIT_BACKEND` that selects it.
+    /// The value of `SOFIIA_RATE_LIMIT_BACKEND` that selects it.
     pub fn as_str(self) -> &'static str {
         match self {
             SharedBackend::InMemory => "inmemory",
             SharedBackend::Redis => "redis",
         }
     }
-}
-
-/// What a send does when the rate limiter's backend is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimitFailMode {
-    /// Refuse the send with 503 (the default): limits are never bypassed.
-    Closed,
-    /// Let the send through unlimited, with a warning in the log.
-    Open,
 }
 
 /// Every setting of the console.
@@ -120,11 +135,17 @@ pub struct Settings {
     /// so several deployments can share one Redis.
     pub redis_prefix: String,
     /// `SOFIIA_IDEMPOTENCY_BACKEND`.
-    pub idempotency_backend: SharedBackend,
+    pub idempotency_backend: IdempotencyBackend,
     /// `SOFIIA_IDEMPOTENCY_TTL_SECS`: how long a completed send is replayed.
     pub idempotency_ttl: Duration,
     /// `SOFIIA_IDEMPOTENCY_CAPACITY`: most keys the in-memory backend holds.
     pub idempotency_capacity: usize,
+    /// `SOFIIA_IDEMPOTENCY_MEMORY_MB`: most bytes the in-memory backend
+    /// holds (stored answers and pending replies).
+    pub idempotency_memory_bytes: usize,
+    /// `SOFIIA_STORE_TIMEOUT_MS`: the deadline of every store call on the
+    /// send path, and of each attempt at storing an answered send.
+    pub store_timeout: Duration,
     /// `SOFIIA_RATE_LIMIT_BACKEND`.
     pub rate_limit_backend: SharedBackend,
     /// `SOFIIA_RATE_LIMIT_CHAT`: the per-chat quota.
@@ -140,7 +161,8 @@ pub struct Settings {
     /// `SOFIIA_WORKERS`: HTTP worker threads; `None` uses one per core.
     pub workers: Option<usize>,
     /// `SOFIIA_SHUTDOWN_TIMEOUT_SECS`: how long a graceful stop waits for
-    /// requests in flight.
+    /// requests and sends in flight. Never less than
+    /// [`Sender::answer_budget`].
     pub shutdown_timeout: Duration,
     /// Names of `SOFIIA_*` variables that were set but mean nothing to the
     /// console, most likely typos; reported as a warning at start.
@@ -161,6 +183,8 @@ const KNOWN: &[&str] = &[
     "SOFIIA_IDEMPOTENCY_BACKEND",
     "SOFIIA_IDEMPOTENCY_TTL_SECS",
     "SOFIIA_IDEMPOTENCY_CAPACITY",
+    "SOFIIA_IDEMPOTENCY_MEMORY_MB",
+    "SOFIIA_STORE_TIMEOUT_MS",
     "SOFIIA_RATE_LIMIT_BACKEND",
     "SOFIIA_RATE_LIMIT_CHAT",
     "SOFIIA_RATE_LIMIT_OPERATOR",
@@ -325,10 +349,17 @@ impl Settings {
             ));
         }
 
-        let idempotency_backend = shared_backend(
-            get("SOFIIA_IDEMPOTENCY_BACKEND"),
-            "SOFIIA_IDEMPOTENCY_BACKEND",
-        )?;
+        let idempotency_backend = match get("SOFIIA_IDEMPOTENCY_BACKEND") {
+            None | Some("sqlite") => IdempotencyBackend::Sqlite,
+            Some("inmemory") => IdempotencyBackend::InMemory,
+            Some("redis") => IdempotencyBackend::Redis,
+            Some(_) => {
+                return Err(invalid(
+                    "SOFIIA_IDEMPOTENCY_BACKEND",
+                    "must be `sqlite`, `inmemory` or `redis`",
+                ));
+            }
+        };
         let idempotency_ttl = Duration::from_secs(parse_u64(
             get("SOFIIA_IDEMPOTENCY_TTL_SECS"),
             "SOFIIA_IDEMPOTENCY_TTL_SECS",
@@ -342,6 +373,20 @@ impl Settings {
             1..=100_000_000,
         )?)
         .unwrap_or(usize::MAX);
+        let idempotency_memory_bytes = usize::try_from(parse_u64(
+            get("SOFIIA_IDEMPOTENCY_MEMORY_MB"),
+            "SOFIIA_IDEMPOTENCY_MEMORY_MB",
+            256,
+            1..=1_048_576,
+        )?)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(1024 * 1024);
+        let store_timeout = Duration::from_millis(parse_u64(
+            get("SOFIIA_STORE_TIMEOUT_MS"),
+            "SOFIIA_STORE_TIMEOUT_MS",
+            2_000,
+            50..=60_000,
+        )?);
 
         let rate_limit_backend = shared_backend(
             get("SOFIIA_RATE_LIMIT_BACKEND"),
@@ -387,12 +432,28 @@ impl Settings {
             .transpose()?
             .map(|n| usize::try_from(n).unwrap_or(1024));
 
-        let shutdown_timeout = Duration::from_secs(parse_u64(
-            get("SOFIIA_SHUTDOWN_TIMEOUT_SECS"),
-            "SOFIIA_SHUTDOWN_TIMEOUT_SECS",
-            30,
-            0..=3600,
-        )?);
+        // A graceful stop must let the slowest send be answered.
+        let budget = Sender::answer_budget(infer_timeout, store_timeout);
+        let budget_secs = budget.as_secs() + u64::from(budget.subsec_nanos() > 0);
+        let shutdown_timeout = match get("SOFIIA_SHUTDOWN_TIMEOUT_SECS") {
+            None => Duration::from_secs(budget_secs.max(30)),
+            Some(v) => {
+                let secs = parse_u64(Some(v), "SOFIIA_SHUTDOWN_TIMEOUT_SECS", 30, 0..=3600)?;
+                if secs < budget_secs {
+                    return Err(invalid(
+                        "SOFIIA_SHUTDOWN_TIMEOUT_SECS",
+                        format!(
+                            "must be at least {budget_secs}: a send in flight may take the infer \
+                             timeout ({} ms) plus its store calls and retries ({} ms each) to be \
+                             answered, and SIGTERM lets every one finish",
+                            infer_timeout.as_millis(),
+                            store_timeout.as_millis()
+                        ),
+                    ));
+                }
+                Duration::from_secs(secs)
+            }
+        };
 
         let unknown_variables = vars
             .keys()
@@ -414,6 +475,8 @@ impl Settings {
             idempotency_backend,
             idempotency_ttl,
             idempotency_capacity,
+            idempotency_memory_bytes,
+            store_timeout,
             rate_limit_backend,
             rate_limit_chat,
             rate_limit_operator,
@@ -430,7 +493,7 @@ impl Settings {
 impl Settings {
     /// Whether any backend uses Redis.
     pub fn uses_redis(&self) -> bool {
-        self.idempotency_backend == SharedBackend::Redis
+        self.idempotency_backend == IdempotencyBackend::Redis
             || self.rate_limit_backend == SharedBackend::Redis
             || self.chat_index_backend == ChatIndexBackend::Redis
     }
@@ -541,8 +604,12 @@ mod tests {
         assert!(s.operator_tokens.is_none());
         assert_eq!(s.chat_index_backend, ChatIndexBackend::Sqlite);
         assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
-        assert_eq!(s.idempotency_backend, SharedBackend::InMemory);
+        assert_eq!(s.idempotency_backend, IdempotencyBackend::Sqlite);
         assert_eq!(s.idempotency_ttl, Duration::from_secs(86_400));
+        assert_eq!(s.idempotency_memory_bytes, 256 * 1024 * 1024);
+        assert_eq!(s.store_timeout, Duration::from_secs(2));
+        // 30 s of infer, six store calls or attempts of 2 s, the retry delays.
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(43));
         assert_eq!(s.rate_limit_backend, SharedBackend::InMemory);
         assert_eq!(s.rate_limit_chat, "20/min".parse().unwrap());
         assert_eq!(s.rate_limit_operator, "60/min".parse().unwrap());
@@ -595,6 +662,10 @@ mod tests {
             ("SOFIIA_IDEMPOTENCY_BACKEND", "memory"),
             ("SOFIIA_IDEMPOTENCY_TTL_SECS", "0"),
             ("SOFIIA_IDEMPOTENCY_CAPACITY", "lots"),
+            ("SOFIIA_IDEMPOTENCY_MEMORY_MB", "0"),
+            ("SOFIIA_STORE_TIMEOUT_MS", "10"),
+            ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "30"),
+            ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "soon"),
             ("SOFIIA_RATE_LIMIT_BACKEND", "Redis"),
             ("SOFIIA_RATE_LIMIT_CHAT", "20"),
             ("SOFIIA_RATE_LIMIT_CHAT", "0/min"),
@@ -628,7 +699,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.redis_url, "redis://10.0.0.5:6380/2");
         assert_eq!(s.redis_prefix, "prod:");
-        assert_eq!(s.idempotency_backend, SharedBackend::InMemory);
+        assert_eq!(s.idempotency_backend, IdempotencyBackend::Sqlite);
         for bad in ["Redis", "REDIS", "redis ", "", "postgres", "memory"] {
             match Settings::from_vars(&vars(&[("SOFIIA_CHAT_INDEX_BACKEND", bad)])) {
                 Err(ConfigError::Invalid { variable, reason }) => {
@@ -646,6 +717,60 @@ mod tests {
             ]),
             "SOFIIA_REDIS_URL"
         );
+    }
+
+    #[test]
+    fn the_shutdown_timeout_covers_the_slowest_send() {
+        let shutdown = |pairs: &[(&str, &str)]| {
+            Settings::from_vars(&vars(pairs)).map(|s| s.shutdown_timeout.as_secs())
+        };
+        // The default follows the budget, never below 30 s.
+        assert_eq!(
+            shutdown(&[("SOFIIA_INFER_TIMEOUT_MS", "1000")]).unwrap(),
+            30
+        );
+        assert_eq!(
+            shutdown(&[("SOFIIA_INFER_TIMEOUT_MS", "120000")]).unwrap(),
+            133
+        );
+        // An explicit value below the budget is refused, naming the budget.
+        match Settings::from_vars(&vars(&[
+            ("SOFIIA_INFER_TIMEOUT_MS", "60000"),
+            ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "60"),
+        ])) {
+            Err(ConfigError::Invalid { variable, reason }) => {
+                assert_eq!(variable, "SOFIIA_SHUTDOWN_TIMEOUT_SECS");
+                assert!(reason.contains("at least 73"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(
+            shutdown(&[
+                ("SOFIIA_INFER_TIMEOUT_MS", "1000"),
+                ("SOFIIA_STORE_TIMEOUT_MS", "100"),
+                ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "2"),
+            ])
+            .unwrap(),
+            2
+        );
+        assert!(
+            Settings::from_vars(&vars(&[
+                ("SOFIIA_INFER_TIMEOUT_MS", "1000"),
+                ("SOFIIA_STORE_TIMEOUT_MS", "200"),
+                ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "2"),
+            ]))
+            .is_err(),
+            "1 s + 6 x 0.2 s + 0.25 s needs 3 s"
+        );
+        for (idem, backend) in [
+            ("sqlite", IdempotencyBackend::Sqlite),
+            ("inmemory", IdempotencyBackend::InMemory),
+            ("redis", IdempotencyBackend::Redis),
+        ] {
+            let s = Settings::from_vars(&vars(&[("SOFIIA_IDEMPOTENCY_BACKEND", idem)])).unwrap();
+            assert_eq!(s.idempotency_backend, backend);
+            assert_eq!(s.uses_redis(), idem == "redis");
+        }
     }
 
     #[test]

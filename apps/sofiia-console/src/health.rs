@@ -47,7 +47,7 @@ pub async fn probe(state: &AppState) -> Health {
         tokio::time::timeout(CHECK_TIMEOUT, state.chat_index.check()),
         tokio::time::timeout(CHECK_TIMEOUT, state.idempotency.store().check()),
         tokio::time::timeout(CHECK_TIMEOUT, state.rate_limiter.ping()),
-        tokio::time::timeout(CHECK_TIMEOUT, state.audit.check()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.auditor.store().check()),
     );
     let b = state.backends;
     let mut checks = Map::new();

@@ -120,7 +120,20 @@ fn main() -> ExitCode {
 }
 
 fn serve(settings: Settings, logger: slog::Logger) -> ExitCode {
-    let result = actix_web::rt::System::new().block_on(async {
+    // Sends run on this runtime's workers, beside the HTTP workers: they
+    // outlive the connection that started them, until the stop drains them.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sofiia-send")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(logger, "cannot start a runtime"; "error" => e.to_string());
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
         let state = server::build_state(&settings, logger.clone()).await?;
         let running = server::start(&settings, state)?;
         running.wait().await.map_err(server::StartError::Serve)

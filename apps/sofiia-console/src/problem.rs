@@ -1,20 +1,29 @@
 //! RFC 9457 problem details: the one place where errors become HTTP answers.
 //!
 //! Handlers return [`ApiError`]; the request middleware renders it with the
-//! request's id (see [`crate::telemetry`]). Every domain error maps to a
-//! problem here and nowhere else.
+//! request's id (see [`crate::middleware`]). Every domain error, and every
+//! error of the framework (an unknown route, a body that is not JSON), maps
+//! to a problem here and nowhere else.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use actix_web::http::header::{
+    CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{Map, Value};
+use sofiia_audit_store::AuditError;
 use sofiia_chat_index::ChatIndexError;
 use sofiia_core_domain::ValidationError;
+use sofiia_idempotency::actix::KeyHeaderError;
 use sofiia_router_client::RouterError;
+
+use crate::auditor::AuditUnavailable;
+use crate::send::{SendError, refusing_scopes};
 
 pub use sofiia_core_domain::error_chain;
 
@@ -148,9 +157,100 @@ impl ApiError {
         .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
     }
 
+    /// 401 for a missing or unknown audit key.
+    pub fn unauthorized_audit() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "a valid audit key is required: X-Audit-Key: <key>",
+        )
+    }
+
     /// 404.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    /// 503 for a store that did not answer (in time).
+    pub fn store_unavailable(what: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "Service unavailable",
+            format!("the {what} is unavailable; retry later"),
+        )
+        .with_retry_after(Duration::from_secs(1))
+    }
+
+    /// An error answer of the framework that is not a problem yet (a 404 of
+    /// the router, a 405, a payload error), as one, keeping its status and
+    /// headers; `None` for an answer that needs no change.
+    pub fn from_framework(res: &HttpResponse) -> Option<Self> {
+        let status = res.status();
+        if !(status.is_client_error() || status.is_server_error()) {
+            return None;
+        }
+        let is_problem = res
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+        if is_problem {
+            return None;
+        }
+        let detail = match res.error() {
+            // Framework errors describe the request, not the server's internals.
+            Some(e) if status.is_client_error() => e.to_string(),
+            _ => status
+                .canonical_reason()
+                .unwrap_or("request failed")
+                .to_owned(),
+        };
+        let slug = match status.as_u16() {
+            404 => "not-found",
+            405 => "method-not-allowed",
+            413 => "payload-too-large",
+            415 => "unsupported-media-type",
+            s if s >= 500 => "internal",
+            _ => "bad-request",
+        };
+        let title = status.canonical_reason().unwrap_or("Error");
+        let mut problem = Self::new(status, slug, title, detail);
+        for (name, value) in res.headers() {
+            if name != CONTENT_TYPE {
+                problem = problem.with_header(name.clone(), value.clone());
+            }
+        }
+        Some(problem)
+    }
+
+    /// A JSON body the framework could not take.
+    pub fn json_payload(e: JsonPayloadError, max_bytes: usize) -> Self {
+        match e {
+            JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+                Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload-too-large",
+                    "Payload too large",
+                    format!("the request body must not exceed {max_bytes} bytes"),
+                )
+            }
+            JsonPayloadError::ContentType => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "the request body must be JSON with Content-Type: application/json",
+            ),
+            JsonPayloadError::Deserialize(e) => {
+                Self::bad_request("invalid-json", format!("the JSON body is invalid: {e}"))
+            }
+            other => Self::bad_request("invalid-body", other.to_string()),
+        }
+    }
+
+    /// A query string the framework could not take.
+    pub fn query_payload(e: &QueryPayloadError) -> Self {
+        Self::bad_request("invalid-query", format!("the query string is invalid: {e}"))
     }
 
     /// 500 with a generic detail; `what` goes to the error log only.
@@ -284,6 +384,103 @@ impl From<RouterError> for ApiError {
                 "the console could not build the infer call; see its log for this request id",
             )
             .with_source(e),
+        }
+    }
+}
+
+impl From<KeyHeaderError> for ApiError {
+    fn from(e: KeyHeaderError) -> Self {
+        let slug = match e {
+            KeyHeaderError::Missing => "idempotency-key-missing",
+            _ => "idempotency-key-invalid",
+        };
+        Self::bad_request(slug, error_chain(&e))
+    }
+}
+
+impl From<AuditUnavailable> for ApiError {
+    fn from(e: AuditUnavailable) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit-unavailable",
+            "Service unavailable",
+            "the audit trail cannot record this action, so it was refused; retry later",
+        )
+        .with_retry_after(Duration::from_secs(1))
+        .with_source(e)
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        Self::store_unavailable("audit store").with_source(e)
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        match e {
+            SendError::InFlight { retry_after } => Self::new(
+                status,
+                "idempotency-key-in-flight",
+                "Request in progress",
+                "a send with this Idempotency-Key is still running; retry after Retry-After to get its answer",
+            )
+            .with_retry_after(retry_after),
+            SendError::NotStoredYet {
+                retry_after,
+                source,
+            } => {
+                let problem = Self::new(
+                    status,
+                    "send-not-stored-yet",
+                    "Send not stored yet",
+                    "the node answered, but the exchange is not stored yet; the reply is kept, and a retry with this Idempotency-Key answers it once stored, without calling the node again",
+                )
+                .with_retry_after(retry_after);
+                match source {
+                    Some(source) => problem.with_source(source),
+                    None => problem,
+                }
+            }
+            SendError::KeyReused => Self::new(
+                status,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "this Idempotency-Key was used for a different request (another chat or body); use a new key",
+            ),
+            SendError::UnknownNode { node } => RouterError::UnknownNode { node }.into(),
+            SendError::RateLimited { decision } => {
+                let scopes = refusing_scopes(&decision);
+                let mut problem = Self::new(
+                    status,
+                    "rate-limited",
+                    "Too many requests",
+                    format!(
+                        "the {} quota is spent; retry after Retry-After seconds",
+                        scopes.join(" and ")
+                    ),
+                )
+                .with_extension("scope", scopes.first().copied().unwrap_or("chat"))
+                .with_extension("scopes", scopes.clone())
+                .with_retry_after(decision.retry_after());
+                for (name, value) in sofiia_ratelimit::actix::rate_limit_headers(&decision) {
+                    problem = problem.with_header(name, value);
+                }
+                problem
+            }
+            SendError::Unavailable { store, source } => Self::new(
+                status,
+                "store-unavailable",
+                "Service unavailable",
+                format!("the {} is unavailable, so nothing was sent; retry later", store.name()),
+            )
+            .with_retry_after(Duration::from_secs(1))
+            .with_source(source),
+            SendError::Node(e) => e.into(),
+            SendError::Audit(e) => e.into(),
+            SendError::Internal(what) => Self::internal(what),
         }
     }
 }

@@ -7,23 +7,28 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
-use slog::{Logger, info, warn};
-use sofiia_chat_index::{DynChatIndexStore, MemoryChatIndex, RedisChatIndex, SqliteChatIndex};
 use std::time::Duration;
 
+use slog::{Logger, error, info, warn};
 use sofiia_audit_store::{DynAuditStore, SqliteAuditStore};
-use sofiia_core_domain::{DynClock, SystemClock};
+use sofiia_chat_index::{DynChatIndexStore, MemoryChatIndex, RedisChatIndex, SqliteChatIndex};
+use sofiia_core_domain::{DynClock, SystemClock, error_chain};
 use sofiia_idempotency::{
     DynIdempotencyStore, Idempotency, MemoryIdempotencyStore, RedisIdempotencyStore,
+    SqliteIdempotencyStore,
 };
 use sofiia_ratelimit::{DynRateLimiter, MemoryRateLimiter, RedisRateLimiter};
 use sofiia_router_client::{DynNodeRouter, EchoRouter, HttpRouter, Instrumented};
 
-use crate::auth::{OperatorTokens, dev_tokens};
-use crate::config::{ChatIndexBackend, Settings, SharedBackend};
+use crate::auditor::Auditor;
+use crate::build_info::{GIT_SHA, VERSION};
+use crate::config::{ChatIndexBackend, IdempotencyBackend, Settings, SharedBackend};
+use crate::credentials::{OperatorTokens, dev_tokens};
+use crate::middleware::request_middleware;
 use crate::routes;
-use crate::state::{AppState, Backends, Quotas};
-use crate::telemetry::{metrics_handle, request_middleware};
+use crate::send::{Quotas, SendParts, Sender};
+use crate::state::{AppState, Backends};
+use crate::telemetry::metrics_handle;
 
 /// Why the console could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,9 @@ pub enum StartError {
     /// The audit store could not be opened.
     #[error("audit store: {0}")]
     Audit(#[from] sofiia_audit_store::AuditError),
+    /// The idempotency store could not be opened.
+    #[error("idempotency store: {0}")]
+    Idempotency(#[from] sofiia_idempotency::IdempotencyError),
     /// The Redis pool could not be built.
     #[error("redis: {0}")]
     Redis(String),
@@ -61,12 +69,47 @@ pub enum StartError {
     },
 }
 
+/// The stores and services a console is composed of, opened by
+/// [`open_stores`]. Tests and embedders may replace any of them before
+/// [`compose`].
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// Chats and messages.
+    pub chat_index: Arc<DynChatIndexStore>,
+    /// Idempotency keys.
+    pub idempotency: Arc<DynIdempotencyStore>,
+    /// Rate-limit buckets.
+    pub rate_limiter: Arc<DynRateLimiter>,
+    /// The audit trail.
+    pub audit: Arc<DynAuditStore>,
+    /// The inference nodes.
+    pub router: Arc<DynNodeRouter>,
+    /// Who may call the operator endpoints.
+    pub operators: OperatorTokens,
+    /// Where "now" comes from.
+    pub clock: Arc<DynClock>,
+}
+
 /// Opens every backend named by `settings` and composes the state.
 ///
 /// # Errors
 ///
 /// [`StartError`] when a backend cannot be opened.
 pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState, StartError> {
+    let stores = open_stores(settings, Arc::new(SystemClock), &logger).await?;
+    Ok(compose(settings, stores, logger))
+}
+
+/// Opens every backend named by `settings`, on `clock`.
+///
+/// # Errors
+///
+/// [`StartError`] when a backend cannot be opened.
+pub async fn open_stores(
+    settings: &Settings,
+    clock: Arc<DynClock>,
+    logger: &Logger,
+) -> Result<Stores, StartError> {
     let data_dir_error = |source| StartError::DataDir {
         path: settings.data_dir.display().to_string(),
         source,
@@ -99,27 +142,26 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
     } else {
         None
     };
+    let redis_for = |what: &str| {
+        redis
+            .clone()
+            .ok_or_else(|| StartError::Redis(format!("the redis {what} needs a redis pool")))
+    };
 
-    let chat_index: Arc<DynChatIndexStore> = match (&redis, settings.chat_index_backend) {
-        (Some(pool), ChatIndexBackend::Redis) => {
+    let chat_index: Arc<DynChatIndexStore> = match settings.chat_index_backend {
+        ChatIndexBackend::Redis => {
             info!(logger, "chat index: redis; shared by every instance on it"; "prefix" => settings.redis_prefix.as_str());
             Arc::new(RedisChatIndex::new(
-                pool.clone(),
+                redis_for("chat index")?,
                 settings.redis_prefix.clone(),
             ))
         }
-        (None, ChatIndexBackend::Redis) => {
-            // `uses_redis` covers the Redis chat index, so this cannot be.
-            return Err(StartError::Redis(
-                "the redis chat index needs a redis pool".to_owned(),
-            ));
-        }
-        (_, ChatIndexBackend::Sqlite) => {
+        ChatIndexBackend::Sqlite => {
             let path = settings.data_dir.join(CHAT_INDEX_DB);
             info!(logger, "chat index: sqlite"; "path" => path.display().to_string());
             Arc::new(SqliteChatIndex::open(&path).await?)
         }
-        (_, ChatIndexBackend::InMemory) => {
+        ChatIndexBackend::InMemory => {
             warn!(logger, "chat index: inmemory; chats are lost on restart");
             Arc::new(MemoryChatIndex::new())
         }
@@ -147,32 +189,42 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
         }
     };
 
-    let clock: Arc<DynClock> = Arc::new(SystemClock);
-
-    let idempotency_store: Arc<DynIdempotencyStore> = match (&redis, settings.idempotency_backend) {
-        (Some(pool), SharedBackend::Redis) => Arc::new(RedisIdempotencyStore::new(
-            pool.clone(),
+    let idempotency: Arc<DynIdempotencyStore> = match settings.idempotency_backend {
+        IdempotencyBackend::Redis => Arc::new(RedisIdempotencyStore::new(
+            redis_for("idempotency store")?,
             settings.redis_prefix.clone(),
         )),
-        _ => {
-            info!(logger, "idempotency: inmemory; keys are not shared between instances"; "capacity" => settings.idempotency_capacity);
-            Arc::new(MemoryIdempotencyStore::new(
-                clock.clone(),
-                settings.idempotency_capacity,
-            ))
+        IdempotencyBackend::Sqlite => {
+            let path = settings.data_dir.join(IDEMPOTENCY_DB);
+            info!(logger, "idempotency: sqlite; a completed send is replayed after a restart or a crash"; "path" => path.display().to_string());
+            Arc::new(
+                SqliteIdempotencyStore::open_with(
+                    &path,
+                    sofiia_idempotency::SqliteOptions::default().with_clock(clock.clone()),
+                )
+                .await?,
+            )
+        }
+        IdempotencyBackend::InMemory => {
+            warn!(
+                logger,
+                "idempotency: inmemory; keys are lost on restart and may be evicted when full, after which a retried send runs again";
+                "capacity" => settings.idempotency_capacity,
+                "max_bytes" => settings.idempotency_memory_bytes,
+            );
+            Arc::new(
+                MemoryIdempotencyStore::new(clock.clone(), settings.idempotency_capacity)
+                    .with_max_bytes(settings.idempotency_memory_bytes),
+            )
         }
     };
-    // A lease outlives the longest send: the infer timeout plus time to
-    // store, audit and complete.
-    let lease_ttl = settings.infer_timeout + Duration::from_secs(60);
-    let idempotency = Idempotency::new(idempotency_store, lease_ttl, settings.idempotency_ttl);
 
-    let rate_limiter: Arc<DynRateLimiter> = match (&redis, settings.rate_limit_backend) {
-        (Some(pool), SharedBackend::Redis) => Arc::new(RedisRateLimiter::new(
-            pool.clone(),
+    let rate_limiter: Arc<DynRateLimiter> = match settings.rate_limit_backend {
+        SharedBackend::Redis => Arc::new(RedisRateLimiter::new(
+            redis_for("rate limiter")?,
             settings.redis_prefix.clone(),
         )),
-        _ => {
+        SharedBackend::InMemory => {
             info!(logger, "rate limits: inmemory; quotas are per instance");
             Arc::new(MemoryRateLimiter::new(clock.clone(), RATE_LIMIT_CAPACITY))
         }
@@ -180,37 +232,86 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
 
     let audit_path = settings.data_dir.join(AUDIT_DB);
     info!(logger, "audit store: sqlite"; "path" => audit_path.display().to_string());
-    let audit: Arc<DynAuditStore> = Arc::new(SqliteAuditStore::open(&audit_path).await?);
+    // The console owns its audit file: a file made before incremental
+    // vacuum is converted here, once, before anyone is served.
+    let audit: Arc<DynAuditStore> = Arc::new(
+        SqliteAuditStore::open_with(
+            &audit_path,
+            sofiia_audit_store::SqliteOptions::default().with_vacuum_conversion(true),
+        )
+        .await?,
+    );
     if settings.audit_keys.is_empty() {
         warn!(
             logger,
             "SOFIIA_AUDIT_KEYS is unset: /api/audit answers 401 to everyone until a key is configured"
         );
     }
-    let metrics = metrics_handle();
-    // Present from the start, so dashboards and alerts see a zero, not a gap.
-    metrics::counter!(crate::audit::WRITE_FAILURES).increment(0);
-    metrics::gauge!(
-        "sofiia_build_info",
-        "version" => routes::VERSION,
-        "git_sha" => routes::GIT_SHA,
-    )
-    .set(1.0);
-
-    Ok(AppState {
+    Ok(Stores {
         chat_index,
-        router,
         idempotency,
         rate_limiter,
+        audit,
+        router,
+        operators,
+        clock,
+    })
+}
+
+/// How long a lease on a key lasts beyond the slowest send's answer: the
+/// holder renews it while it stores, so it only matters after a crash,
+/// when it is how long until a retry may resume the send.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+/// Composes the state over `stores`. Must run on the tokio runtime that
+/// will run the sends.
+pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState {
+    let lease_ttl =
+        Sender::answer_budget(settings.infer_timeout, settings.store_timeout) + LEASE_MARGIN;
+    let idempotency = Idempotency::new(stores.idempotency, lease_ttl, settings.idempotency_ttl);
+    let auditor = Auditor::new(
+        stores.audit,
+        stores.clock.clone(),
+        logger.clone(),
+        settings.store_timeout,
+    );
+    let sender = Sender::new(SendParts {
+        idempotency: idempotency.clone(),
+        rate_limiter: stores.rate_limiter.clone(),
         quotas: Quotas {
             chat: settings.rate_limit_chat,
             operator: settings.rate_limit_operator,
             fail_mode: settings.rate_limit_fail_mode,
         },
-        audit,
+        chat_index: stores.chat_index.clone(),
+        router: stores.router.clone(),
+        auditor: auditor.clone(),
+        clock: stores.clock.clone(),
+        logger: logger.clone(),
+        store_timeout: settings.store_timeout,
+    });
+
+    let metrics = metrics_handle();
+    // Present from the start, so dashboards and alerts see a zero, not a gap.
+    metrics::counter!(crate::auditor::WRITE_FAILURES).increment(0);
+    metrics::counter!(sofiia_idempotency::EVICTIONS_METRIC).increment(0);
+    metrics::gauge!(
+        "sofiia_build_info",
+        "version" => VERSION,
+        "git_sha" => GIT_SHA,
+    )
+    .set(1.0);
+
+    AppState {
+        chat_index: stores.chat_index,
+        router: stores.router,
+        idempotency,
+        rate_limiter: stores.rate_limiter,
+        sender,
+        auditor,
         audit_keys: settings.audit_keys.clone(),
-        clock,
-        operators,
+        clock: stores.clock,
+        operators: stores.operators,
         backends: Backends {
             chat_index: settings.chat_index_backend.as_str(),
             idempotency: settings.idempotency_backend.as_str(),
@@ -219,7 +320,7 @@ pub async fn build_state(settings: &Settings, logger: Logger) -> Result<AppState
         },
         logger,
         metrics,
-    })
+    }
 }
 
 /// The audit store's file in the data dir.
@@ -227,6 +328,14 @@ pub const AUDIT_DB: &str = "audit.db";
 
 /// The SQLite chat index's file in the data dir.
 pub const CHAT_INDEX_DB: &str = "chat-index.db";
+
+/// The SQLite idempotency store's file in the data dir.
+pub const IDEMPOTENCY_DB: &str = "idempotency.db";
+
+/// How often expired idempotency keys are removed from a store that does
+/// not expire them itself, and how many per round.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+const PURGE_BATCH: usize = 10_000;
 
 /// Most rate-limit buckets the in-memory limiter keeps; idle buckets are
 /// dropped first, and a dropped idle bucket is indistinguishable from a new one.
@@ -276,7 +385,10 @@ pub struct RunningServer {
     addr: SocketAddr,
     handle: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    prober: tokio::task::AbortHandle,
+    background: Vec<tokio::task::AbortHandle>,
+    sender: Sender,
+    shutdown_timeout: Duration,
+    logger: Logger,
 }
 
 impl RunningServer {
@@ -290,33 +402,103 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets requests in flight finish, and waits.
+    /// Stops gracefully: stops accepting connections, lets requests in
+    /// flight finish and every send in flight be stored (its client gone or
+    /// not), within the shutdown timeout; then returns.
     ///
     /// # Errors
     ///
     /// The server's I/O error, if it failed.
     pub async fn stop(self) -> std::io::Result<()> {
-        self.prober.abort();
-        self.handle.stop(true).await;
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        info!(
+            self.logger, "stopping: no new connections; letting requests and sends in flight finish";
+            "sends_in_flight" => self.sender.running(),
+            "shutdown_timeout_secs" => self.shutdown_timeout.as_secs(),
+        );
+        let (_, unfinished) = tokio::join!(self.handle.stop(true), self.sender.drain(deadline));
+        for task in &self.background {
+            task.abort();
+        }
+        if unfinished > 0 {
+            error!(
+                self.logger,
+                "the shutdown timeout passed with sends still running; they stop here, and a retry with their key resumes or reruns them";
+                "sends_cut" => unfinished,
+            );
+        }
         self.task.await.map_err(std::io::Error::other)?
     }
 
-    /// Waits until the server stops (on SIGTERM or SIGINT).
+    /// Serves until SIGTERM or SIGINT, then stops gracefully (see
+    /// [`stop`](Self::stop)). A second signal during the stop stops at once.
     ///
     /// # Errors
     ///
     /// The server's I/O error, if it failed.
-    pub async fn wait(self) -> std::io::Result<()> {
-        let result = self.task.await.map_err(std::io::Error::other)?;
-        self.prober.abort();
-        result
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        tokio::select! {
+            result = &mut self.task => {
+                for task in &self.background {
+                    task.abort();
+                }
+                return result.map_err(std::io::Error::other)?;
+            }
+            signal = shutdown_signal() => {
+                info!(self.logger, "signal received"; "signal" => signal);
+            }
+        }
+        let logger = self.logger.clone();
+        let handle = self.handle.clone();
+        tokio::select! {
+            result = self.stop() => result,
+            signal = shutdown_signal() => {
+                warn!(logger, "second signal: stopping now, without waiting for sends in flight"; "signal" => signal);
+                handle.stop(false).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The next SIGTERM or SIGINT, by name.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // No signal handling: never resolves, the server runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Removes expired idempotency keys every [`PURGE_INTERVAL`], until aborted.
+async fn run_janitor(idempotency: Idempotency, logger: Logger) {
+    let mut interval = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        interval.tick().await;
+        loop {
+            match idempotency.store().purge_expired(PURGE_BATCH).await {
+                Ok(n) if n as usize >= PURGE_BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(logger, "could not remove expired idempotency keys"; "error" => error_chain(&e));
+                    break;
+                }
+            }
+        }
     }
 }
 
 /// Binds `settings.bind` and serves `state` on the current runtime.
 ///
-/// The server stops gracefully on SIGTERM or SIGINT, waiting up to
-/// `settings.shutdown_timeout` for requests in flight.
+/// The server does not handle signals itself: [`RunningServer::wait`] does,
+/// so that a stop waits for sends as well as connections.
 ///
 /// # Errors
 ///
@@ -329,8 +511,13 @@ pub fn start(settings: &Settings, state: AppState) -> Result<RunningServer, Star
     let listener = TcpListener::bind(settings.bind).map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
     let logger = state.logger.clone();
-    let prober = tokio::spawn(crate::health::run_prober(state.clone())).abort_handle();
+    let sender = state.sender.clone();
+    let background = vec![
+        tokio::spawn(crate::health::run_prober(state.clone())).abort_handle(),
+        tokio::spawn(run_janitor(state.idempotency.clone(), logger.clone())).abort_handle(),
+    ];
     let mut server = HttpServer::new(move || build_app(state.clone()))
+        .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
         .listen(listener)
         .map_err(bind_error)?;
@@ -340,11 +527,14 @@ pub fn start(settings: &Settings, state: AppState) -> Result<RunningServer, Star
     let server = server.run();
     let handle = server.handle();
     let task = tokio::spawn(server);
-    info!(logger, "listening"; "addr" => addr.to_string(), "version" => routes::VERSION, "git_sha" => routes::GIT_SHA);
+    info!(logger, "listening"; "addr" => addr.to_string(), "version" => VERSION, "git_sha" => GIT_SHA);
     Ok(RunningServer {
         addr,
         handle,
         task,
-        prober,
+        background,
+        sender,
+        shutdown_timeout: settings.shutdown_timeout,
+        logger,
     })
 }

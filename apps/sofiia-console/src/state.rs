@@ -4,26 +4,15 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use slog::Logger;
-use sofiia_audit_store::DynAuditStore;
 use sofiia_chat_index::DynChatIndexStore;
 use sofiia_core_domain::DynClock;
 use sofiia_idempotency::Idempotency;
-use sofiia_ratelimit::{DynRateLimiter, Quota};
+use sofiia_ratelimit::DynRateLimiter;
 use sofiia_router_client::DynNodeRouter;
 
-use crate::auth::{AuditKeys, OperatorTokens};
-use crate::config::RateLimitFailMode;
-
-/// The send quotas and what to do when the limiter is unreachable.
-#[derive(Debug, Clone, Copy)]
-pub struct Quotas {
-    /// Per chat.
-    pub chat: Quota,
-    /// Per operator.
-    pub operator: Quota,
-    /// Closed (503) or open (unlimited) when the limiter is unreachable.
-    pub fail_mode: RateLimitFailMode,
-}
+use crate::auditor::Auditor;
+use crate::credentials::{AuditKeys, OperatorTokens};
+use crate::send::Sender;
 
 /// Which backend serves each store, as named in the configuration
 /// (`sqlite`, `inmemory`, `redis`); reported by `/api/ready`.
@@ -40,21 +29,21 @@ pub struct Backends {
 }
 
 /// The console's composed services. Built once at start by
-/// [`crate::server::build_state`] and shared by every worker.
+/// [`crate::server::compose`] and shared by every worker.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// Chats and messages.
     pub chat_index: Arc<DynChatIndexStore>,
     /// The inference nodes.
     pub router: Arc<DynNodeRouter>,
-    /// Idempotency keys of sends.
+    /// Idempotency keys of sends (for readiness; sends use `sender`).
     pub idempotency: Idempotency,
-    /// Send quotas.
+    /// Send quotas (for readiness; sends use `sender`).
     pub rate_limiter: Arc<DynRateLimiter>,
-    /// The quotas it enforces.
-    pub quotas: Quotas,
-    /// The audit trail.
-    pub audit: Arc<DynAuditStore>,
+    /// Runs sends.
+    pub sender: Sender,
+    /// Writes and reads the audit trail.
+    pub auditor: Auditor,
     /// Keys accepted by `/api/audit`.
     pub audit_keys: AuditKeys,
     /// Where "now" comes from.

@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::Write;
 use std::time::Duration;
 
-use sofiia_audit_store::{AuditStore, NewEvent, Outcome, SqliteAuditStore, Verification};
+use sofiia_audit_store::{AuditStore, NewEvent, Outcome, SqliteAuditStore, Vacuumed, Verification};
 use sofiia_chat_index::{ChatIndexStore, DynChatIndexStore, RedisChatIndex, SqliteChatIndex};
 use sofiia_core_domain::{
     Chat, ChatId, Clock, Message, PageLimit, PageRequest, SystemClock, Timestamp,
@@ -43,8 +43,8 @@ pub struct PruneReport {
     pub events: u64,
     /// Delete transactions run.
     pub batches: u64,
-    /// Whether the file was vacuumed.
-    pub vacuumed: bool,
+    /// What the vacuum did, when asked for.
+    pub vacuumed: Option<Vacuumed>,
 }
 
 impl fmt::Display for PruneReport {
@@ -58,12 +58,22 @@ impl fmt::Display for PruneReport {
         } else {
             write!(
                 f,
-                "deleted {} audit events older than {} in {} batches{}",
-                self.events,
-                self.cutoff,
-                self.batches,
-                if self.vacuumed { "; vacuumed" } else { "" }
-            )
+                "deleted {} audit events older than {} in {} batches",
+                self.events, self.cutoff, self.batches,
+            )?;
+            match self.vacuumed {
+                None => Ok(()),
+                Some(v) if v.incremental => write!(
+                    f,
+                    "; vacuumed: {} pages given back in {} steps",
+                    v.pages_freed, v.steps
+                ),
+                Some(_) => write!(
+                    f,
+                    "; vacuum skipped: the file predates incremental vacuum and is converted at \
+                     the console's next start"
+                ),
+            }
         }
     }
 }
@@ -100,7 +110,7 @@ pub async fn prune_with(
         cutoff,
         events: 0,
         batches: 0,
-        vacuumed: false,
+        vacuumed: None,
     };
     if options.dry_run {
         report.events = store.count_before(cutoff).await?;
@@ -114,10 +124,11 @@ pub async fn prune_with(
             }
             tokio::time::sleep(options.pause).await;
         }
+        // Neither step holds the write lock for long: the checkpoint is
+        // passive, the vacuum incremental (see `SqliteAuditStore::vacuum`).
         store.checkpoint().await?;
         if options.vacuum {
-            store.vacuum().await?;
-            report.vacuumed = true;
+            report.vacuumed = Some(store.vacuum(options.pause).await?);
         }
     }
     let mut details = serde_json::Map::new();
@@ -126,7 +137,10 @@ pub async fn prune_with(
     details.insert("events".into(), report.events.into());
     details.insert("batches".into(), report.batches.into());
     details.insert("retention_days".into(), options.retention_days.into());
-    details.insert("vacuum".into(), report.vacuumed.into());
+    details.insert("vacuum".into(), report.vacuumed.is_some().into());
+    if let Some(v) = report.vacuumed {
+        details.insert("vacuum_pages_freed".into(), v.pages_freed.into());
+    }
     store
         .append(NewEvent {
             ts: clock.now(),
@@ -242,7 +256,7 @@ pub async fn migrate_chat_index(
     target
         .check()
         .await
-        .map_err(|e| format!("redis at {url}: {}", crate::problem::error_chain(&e)))?;
+        .map_err(|e| format!("redis at {url}: {}", sofiia_core_domain::error_chain(&e)))?;
     writeln!(
         out,
         "migrate-chat-index: from sqlite {} to redis {url} (prefix {}){}",
@@ -579,8 +593,8 @@ fn redact_url(url: &str) -> String {
 pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError> {
     use serde_json::json;
 
-    use crate::config::RateLimitFailMode;
-    use crate::routes::{GIT_SHA, VERSION};
+    use crate::build_info::{GIT_SHA, VERSION};
+    use crate::send::RateLimitFailMode;
 
     if let Some(nodes) = &settings.nodes {
         sofiia_router_client::HttpRouter::new(nodes.clone(), settings.infer_timeout)?;
@@ -620,13 +634,16 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
                 "operators": t.operators().map(|o| o.to_string()).collect::<Vec<_>>(),
                 "shortest": t.shortest(),
             }),
-            None => json!({"source": "generated-dev-token", "operators": [crate::auth::DEV_OPERATOR]}),
+            None => json!({"source": "generated-dev-token", "operators": [crate::credentials::DEV_OPERATOR]}),
         },
         "audit_keys": {"count": settings.audit_keys.len(), "shortest": settings.audit_keys.shortest()},
         "audit_retention_days": settings.audit_retention_days,
         "chat_index_backend": settings.chat_index_backend.as_str(),
         "idempotency_backend": settings.idempotency_backend.as_str(),
         "idempotency_ttl_secs": settings.idempotency_ttl.as_secs(),
+        "idempotency_memory_mb": settings.idempotency_memory_bytes / (1024 * 1024),
+        "store_timeout_ms": settings.store_timeout.as_millis() as u64,
+        "shutdown_timeout_secs": settings.shutdown_timeout.as_secs(),
         "rate_limit_backend": settings.rate_limit_backend.as_str(),
         "rate_limit_chat": settings.rate_limit_chat.to_string(),
         "rate_limit_operator": settings.rate_limit_operator.to_string(),
@@ -829,7 +846,9 @@ mod tests {
         redis_vars.remove("SOFIIA_IDEMPOTENCY_BACKEND");
         let redis_report = config_report(&Settings::from_vars(&redis_vars).unwrap()).unwrap();
         assert_eq!(redis_report["chat_index_backend"], "redis");
-        assert_eq!(redis_report["idempotency_backend"], "inmemory");
+        assert_eq!(redis_report["idempotency_backend"], "sqlite");
+        assert_eq!(report["store_timeout_ms"], 2000);
+        assert_eq!(report["shutdown_timeout_secs"], 43);
         assert_eq!(redis_report["redis_url"], "redis://***@127.0.0.1:6379");
         let text = format!("{report}{redis_report}");
         for secret in ["token-alice", "audit-key-0123", "hunter2"] {

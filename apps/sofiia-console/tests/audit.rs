@@ -4,18 +4,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use async_trait::async_trait;
+use common::faults::FaultyAudit;
 use common::{ALICE, AUDIT_KEY, AUDIT_KEY_OLD, BOB, ConsoleBuilder, stub_with};
 use reqwest::Method;
 use serde_json::{Value, json};
-use sofiia_audit_store::{
-    AuditError, AuditEvent, AuditQuery, AuditStore, MemoryAuditStore, NewEvent, PruneBatch,
-    Verification,
-};
-use sofiia_core_domain::{Page, Timestamp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_needs_a_configured_key_and_nothing_else_will_do() {
@@ -299,63 +291,27 @@ async fn audit_pages_filters_and_cursors() {
     console.stop().await;
 }
 
-/// An audit store whose writes can be switched off: a test double behind the
-/// trait, standing in for a full disk or a broken file.
-#[derive(Debug)]
-struct Switchable {
-    inner: MemoryAuditStore,
-    failing: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl AuditStore for Switchable {
-    async fn append(&self, event: NewEvent) -> Result<AuditEvent, AuditError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(AuditError::Unavailable {
-                source: "disk full (simulated)".into(),
-            });
-        }
-        self.inner.append(event).await
-    }
-    async fn read(&self, query: &AuditQuery) -> Result<Page<AuditEvent>, AuditError> {
-        self.inner.read(query).await
-    }
-    async fn count_before(&self, cutoff: Timestamp) -> Result<u64, AuditError> {
-        self.inner.count_before(cutoff).await
-    }
-    async fn prune_batch(&self, cutoff: Timestamp, batch: u32) -> Result<PruneBatch, AuditError> {
-        self.inner.prune_batch(cutoff, batch).await
-    }
-    async fn verify(&self) -> Result<Verification, AuditError> {
-        self.inner.verify().await
-    }
-    async fn check(&self) -> Result<(), AuditError> {
-        self.inner.check().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_audit_trail_fails_actions_closed_and_a_retry_replays() {
     let node = stub_with("NODA1", std::time::Duration::ZERO, None).await;
-    let failing = Arc::new(AtomicBool::new(false));
+    let (audit, fault) = FaultyAudit::new();
     let console = ConsoleBuilder::new()
         .nodes(&[&node])
-        .audit(Arc::new(Switchable {
-            inner: MemoryAuditStore::new(),
-            failing: failing.clone(),
-        }))
+        .audit(audit)
         .start()
         .await;
     let failures_before = console
         .metric("sofiia_audit_write_failures_total", &[])
         .await;
 
-    failing.store(true, Ordering::SeqCst);
+    fault.fail();
     let p = console
         .send_text("c", "fail-key-0001", "x")
         .await
         .problem(503);
-    assert_eq!(p["type"], "urn:sofiia:problem:audit-unavailable");
+    // The node answered, so the send's own event is part of storing it: the
+    // key keeps the reply until the event is written.
+    assert_eq!(p["type"], "urn:sofiia:problem:send-not-stored-yet");
     console
         .post_json("/api/chats", ALICE, &json!({"id": "x"}))
         .await
@@ -378,16 +334,20 @@ async fn an_unwritable_audit_trail_fails_actions_closed_and_a_retry_replays() {
             >= failures_before + 4.0
     );
 
-    // The send itself happened (see docs/architecture.md): its key holds
-    // the answer, so a retry once the trail is back replays it instead of
+    // A retry once the trail is back gets the kept answer instead of
     // sending twice.
     assert_eq!(node.call_count(), 1);
-    failing.store(false, Ordering::SeqCst);
-    let retry = console.send_text("c", "fail-key-0001", "x").await;
+    fault.heal();
+    let retry = console
+        .send_until_stored(ALICE, "c", "fail-key-0001", &json!({"text": "x"}))
+        .await;
     assert_eq!(retry.status, 200, "{}", retry.text);
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
     assert_eq!(node.call_count(), 1);
     let events = console.audit_events("").await;
+    let sends = find(&events, "chat.send");
+    assert_eq!(sends.len(), 1, "one send, one event: {sends:?}");
+    assert_eq!(sends[0]["outcome"], "ok");
     assert_eq!(find(&events, "chat.send.replay").len(), 1);
     console.stop().await;
 }

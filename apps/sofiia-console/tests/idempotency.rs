@@ -268,3 +268,40 @@ async fn a_redis_outage_is_503_without_node_calls_and_recovers_without_restart()
     assert_eq!(node.call_count(), 2);
     console.stop().await;
 }
+
+/// The in-memory backend is bounded: past its capacity it evicts the
+/// answer that expires first, counts it, and a retry of that key runs again,
+/// as its documentation says. (The default, SQLite, never evicts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inmemory_backend_counts_what_it_evicts() {
+    let node = stub("NODA1").await;
+    let console = ConsoleBuilder::new()
+        .nodes(&[&node])
+        .var("SOFIIA_IDEMPOTENCY_BACKEND", "inmemory")
+        .var("SOFIIA_IDEMPOTENCY_CAPACITY", "2")
+        .start()
+        .await;
+    let before = console
+        .metric("sofiia_idempotency_evictions_total", &[])
+        .await;
+    for n in 0..3 {
+        let res = console
+            .send_text("bounded", &format!("bounded-key-{n}"), "x")
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    assert!(
+        console
+            .metric("sofiia_idempotency_evictions_total", &[])
+            .await
+            >= before + 1.0
+    );
+    // The newest keys replay; the evicted first one runs again.
+    let newest = console.send_text("bounded", "bounded-key-2", "x").await;
+    assert_eq!(newest.header("idempotent-replayed"), Some("true"));
+    let evicted = console.send_text("bounded", "bounded-key-0", "x").await;
+    assert_eq!(evicted.status, 200);
+    assert_eq!(evicted.header("idempotent-replayed"), None);
+    assert_eq!(node.call_count(), 4);
+    console.stop().await;
+}

@@ -29,7 +29,7 @@ async fn health_and_ready_need_no_token() {
     assert_eq!(r["checks"]["chat_index"]["status"], "ok");
     // The embedded defaults, named as the configuration names them.
     assert_eq!(r["checks"]["chat_index"]["backend"], "sqlite");
-    assert_eq!(r["checks"]["idempotency"]["backend"], "inmemory");
+    assert_eq!(r["checks"]["idempotency"]["backend"], "sqlite");
     assert_eq!(r["checks"]["rate_limiter"]["backend"], "inmemory");
     assert_eq!(r["checks"]["audit"]["backend"], "sqlite");
     assert_eq!(r["nodes"]["NODA1"]["status"], "ok");
@@ -70,6 +70,7 @@ async fn metrics_show_the_contract_names_with_bounded_labels() {
         "sofiia_infer_duration_seconds_bucket{",
         "sofiia_build_info{",
         "sofiia_audit_write_failures_total ",
+        "sofiia_idempotency_evictions_total ",
         "sofiia_idempotency_total{",
         "sofiia_ratelimit_total{",
         "sofiia_audit_events_total{",

@@ -11,18 +11,15 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-use serde_json::Value;
+use common::process::{BIN, ConsoleProcess, clean_command};
 use sofiia_router_stub::StubHandle;
 use sofiia_testkit::{RedisServer, RedisTestContext};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sofiia-console");
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 /// A secret: `label`, a dash and 32 random hex characters.
@@ -79,7 +76,9 @@ impl Deployment {
             ("SOFIIA_REDIS_URL", redis_url.to_owned()),
             ("SOFIIA_REDIS_PREFIX", prefix.to_owned()),
             ("SOFIIA_WORKERS", "2".to_owned()),
-            ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "1".to_owned()),
+            ("SOFIIA_INFER_TIMEOUT_MS", "5000".to_owned()),
+            ("SOFIIA_STORE_TIMEOUT_MS", "500".to_owned()),
+            ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "10".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -154,61 +153,11 @@ impl Deployment {
 
     /// Another instance of the same deployment (its own data dir).
     fn start_console_in(&self, cwd: &Path, data_dir: &Path) -> ConsoleProcess {
-        let mut cmd = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SOFIIA_") {
-                cmd.env_remove(key);
-            }
-        }
+        let mut cmd = clean_command();
         cmd.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("SOFIIA_DATA_DIR", data_dir)
-            .current_dir(cwd)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .current_dir(cwd);
         ConsoleProcess::spawn(cmd)
-    }
-}
-
-/// A running `sofiia-console`, killed on drop.
-struct ConsoleProcess {
-    child: Child,
-    base: String,
-}
-
-impl ConsoleProcess {
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<Value>();
-        // Keeps draining stdout so the console never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let mut process = Self {
-            child,
-            base: String::new(),
-        };
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(120))
-                .expect("the console printed no listening line");
-            if line["msg"] == "listening" {
-                process.base = format!("http://{}", line["addr"].as_str().unwrap());
-                return process;
-            }
-        }
-    }
-}
-
-impl Drop for ConsoleProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -271,7 +220,7 @@ fn run(mut cmd: impl std::borrow::BorrowMut<Command>) -> Output {
 /// it does not (a build outside git), the preflight's `git-sha` check is a
 /// WARN by design, and STRICT mode fails on it.
 fn binary_is_head() -> bool {
-    let sha = sofiia_console::routes::GIT_SHA;
+    let sha = sofiia_console::build_info::GIT_SHA;
     let head = Command::new("git")
         .args(["-C", ROOT, "rev-parse", "HEAD"])
         .output()

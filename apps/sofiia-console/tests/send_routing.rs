@@ -47,7 +47,13 @@ async fn a_chat_created_on_noda2_is_answered_by_noda2_only() {
     let call = &noda2.calls()[0];
     assert_eq!(call.chat_id.as_str(), "ops-1");
     assert_eq!(call.operator_id.as_str(), "alice");
-    assert_eq!(call.idempotency_key, "key-0000001");
+    // The node-side key is derived from the operator and the client's key.
+    let derived = sofiia_idempotency::ScopedKey::new(
+        "alice",
+        sofiia_idempotency::IdempotencyKey::new("key-0000001").unwrap(),
+    )
+    .upstream_key();
+    assert_eq!(call.idempotency_key, derived);
     assert_eq!(
         call.message_id.to_string(),
         body["message"]["id"].as_str().unwrap()

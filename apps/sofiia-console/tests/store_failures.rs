@@ -1,4 +1,4 @@
-//! A chat index that fails mid-send: retried writes, released keys, and no
+//! A chat index that fails mid-send: retried writes, a kept reply, and no
 //! duplicated send.
 #![allow(clippy::unwrap_used)]
 
@@ -94,27 +94,47 @@ async fn a_briefly_unavailable_chat_index_is_retried_and_the_send_succeeds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chat_index_that_stays_down_is_503_and_frees_the_key() {
+async fn a_chat_index_that_stays_down_is_503_and_keeps_the_reply_for_the_retry() {
     let node = stub("NODA1").await;
-    let (store, failures, _) = flaky(usize::MAX);
+    let (store, failures, appends) = flaky(usize::MAX);
     let console = ConsoleBuilder::new()
         .nodes(&[&node])
         .chat_index(store)
         .start()
         .await;
-    let p = console
-        .send_text("c", "flaky-key-02", "x")
-        .await
-        .problem(503);
-    assert_eq!(p["type"], "urn:sofiia:problem:store-unavailable");
+    let first = console.send_text("c", "flaky-key-02", "x").await;
+    let p = first.problem(503);
+    assert_eq!(p["type"], "urn:sofiia:problem:send-not-stored-yet");
+    assert!(first.header("retry-after").is_some());
     console.get("/api/chats/c", ALICE).await.problem(404);
 
-    // The key was released: once the index is back, the same key runs again.
+    // The node answered: retries meanwhile are 503 too, and never call it
+    // again, however often they come.
+    for _ in 0..5 {
+        let p = console
+            .send_text("c", "flaky-key-02", "x")
+            .await
+            .problem(503);
+        assert_eq!(p["type"], "urn:sofiia:problem:send-not-stored-yet");
+    }
+    assert_eq!(node.call_count(), 1);
+    assert!(appends.load(Ordering::SeqCst) >= 3, "the store is retried");
+
+    // Once the index is back, the kept reply is stored, and the retry gets
+    // the original answer.
     failures.store(0, Ordering::SeqCst);
-    let res = console.send_text("c", "flaky-key-02", "x").await;
+    let res = console
+        .send_until_stored(
+            ALICE,
+            "c",
+            "flaky-key-02",
+            &serde_json::json!({"text": "x"}),
+        )
+        .await;
     assert_eq!(res.status, 200, "{}", res.text);
-    assert_eq!(res.header("idempotent-replayed"), None);
-    assert_eq!(node.call_count(), 2);
+    assert_eq!(res.header("idempotent-replayed"), Some("true"));
+    assert_eq!(res.json()["reply"]["text"], "[NODA1] echo: x");
+    assert_eq!(node.call_count(), 1);
     assert_eq!(
         console.get("/api/chats/c", ALICE).await.json()["message_count"],
         2

@@ -200,7 +200,9 @@ pub mod testing;
 pub use crate::canonical::{GENESIS_HASH, canonical_form, compute_hash};
 pub use crate::memory::MemoryAuditStore;
 #[cfg(feature = "sqlite")]
-pub use crate::sqlite::{Checkpoint, GroupCommitStats, SqliteAuditStore, SqliteOptions};
+pub use crate::sqlite::{
+    Checkpoint, GroupCommitStats, SqliteAuditStore, SqliteOptions, VACUUM_STEP_PAGES, Vacuumed,
+};
 
 /// What the event records, before the store numbers and chains it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_sqlite::{Pool, PoolError};
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::M;
 use sofiia_core_domain::{
     Chat, ChatId, ChatTitle, Cursor, Exchange, Message, MessageId, NewChat, NodeId, OperatorId,
     Page, PageRequest, Role, Timestamp, ValidationError,
 };
-use sofiia_sqlite_support::{ConnectionRole, Setup, build_pool, migrate, ping};
+use sofiia_sqlite_support::{
+    ConnectionRole, Setup, Writer, WriterOptions, build_pool, migrate, ping,
+};
 
 use crate::exchange::{self, ExchangeError};
 use crate::import::{self, ImportError};
@@ -159,10 +161,16 @@ impl SqliteOptions {
 
 /// A chat index in one SQLite file, the console's default backend.
 ///
-/// The file is in WAL mode: one writer at a time (a pool of one write
-/// connection, so writers queue without busy-waiting) beside a pool of
-/// readers. Every write is one `BEGIN IMMEDIATE` transaction, and all SQLite
-/// work runs on the blocking thread pool, never on an async worker.
+/// The file is in WAL mode: one writer thread (see
+/// [`Writer`](sofiia_sqlite_support::Writer)) beside a pool of readers.
+/// Writes waiting at the same time share one `BEGIN IMMEDIATE` transaction
+/// (group commit), each in a savepoint of its own, so a failed write leaves
+/// nothing behind and does not fail the others. Reads run on the blocking
+/// thread pool, never on an async worker.
+///
+/// **Durability.** `synchronous = FULL`: a write returns only once it is on
+/// disk (`fsync`), so an exchange the console answered is kept through a
+/// crash or a power loss. Group commit keeps that to one `fsync` per batch.
 ///
 /// Several stores, even in several processes, may open one file; they share
 /// its data.
@@ -179,7 +187,7 @@ impl SqliteOptions {
 /// ```
 pub struct SqliteChatIndex {
     path: PathBuf,
-    write: Pool,
+    write: Writer,
     read: Pool,
 }
 
@@ -187,7 +195,7 @@ impl fmt::Debug for SqliteChatIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteChatIndex")
             .field("path", &self.path)
-            .field("write", &self.write.status())
+            .field("write", &self.write.stats())
             .field("read", &self.read.status())
             .finish()
     }
@@ -219,19 +227,21 @@ impl SqliteChatIndex {
     }
 
     async fn try_open(path: PathBuf, options: &SqliteOptions) -> Result<Self, SqliteError> {
-        sofiia_sqlite_support::create_parent_dir(&path).await?;
         let setup = Setup::new(options.busy_timeout).with_tune(tune);
-        let pool = |size, role| build_pool(&path, size, options.acquire_timeout, setup, role);
-        let store = Self {
-            write: pool(NonZeroUsize::MIN, ConnectionRole::Write)?,
-            read: pool(options.read_connections, ConnectionRole::Read)?,
-            path,
-        };
         // The writer goes first: it switches the file to WAL and creates the
         // schema before any reader looks at it.
-        store
-            .with_write(|conn| Ok(migrate(conn, MIGRATIONS)?))
-            .await?;
+        let write = Writer::open(&path, setup, WriterOptions::default(), |conn| {
+            migrate(conn, MIGRATIONS)
+        })
+        .await?;
+        let read = build_pool(
+            &path,
+            options.read_connections,
+            options.acquire_timeout,
+            setup,
+            ConnectionRole::Read,
+        )?;
+        let store = Self { path, write, read };
         store.with_read(ping).await?;
         Ok(store)
     }
@@ -258,12 +268,13 @@ impl SqliteChatIndex {
         sofiia_sqlite_support::with_connection(&self.read, f).await
     }
 
+    /// Runs `f` in the writer's next transaction (see [`Writer::write`]).
     async fn with_write<T, F>(&self, f: F) -> Result<T, SqliteError>
     where
-        F: FnOnce(&mut Connection) -> Result<T, SqliteError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, SqliteError> + Send + 'static,
         T: Send + 'static,
     {
-        sofiia_sqlite_support::with_connection(&self.write, f).await
+        self.write.write(f).await
     }
 }
 
@@ -272,14 +283,7 @@ impl ChatIndexStore for SqliteChatIndex {
     async fn create_chat(&self, chat: NewChat) -> Result<Chat> {
         let chat = chat.into_chat();
         let row = chat.clone();
-        let created = self
-            .with_write(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let inserted = insert_chat(&tx, &row)?;
-                tx.commit()?;
-                Ok(inserted)
-            })
-            .await?;
+        let created = self.with_write(move |conn| insert_chat(conn, &row)).await?;
         if created {
             Ok(chat)
         } else {
@@ -410,15 +414,12 @@ fn insert_chat(conn: &Connection, chat: &Chat) -> Result<bool, SqliteError> {
     Ok(inserted == 1)
 }
 
-fn append(
-    conn: &mut Connection,
-    new_chat: NewChat,
-    exchange: &Exchange,
-) -> Result<Chat, SqliteError> {
+/// Stores `exchange`; runs inside the writer's transaction, in a savepoint
+/// that an error rolls back.
+fn append(conn: &Connection, new_chat: NewChat, exchange: &Exchange) -> Result<Chat, SqliteError> {
     let chat_id = &exchange.operator.chat_id;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
 
-    let owner: Option<String> = tx
+    let owner: Option<String> = conn
         .prepare_cached(MESSAGE_CHAT)?
         .query_row([exchange.operator.id.to_string()], |r| r.get(0))
         .optional()?;
@@ -426,19 +427,19 @@ fn append(
         if owner != chat_id.as_str() {
             return Err(ExchangeError::OperatorIdInOtherChat.into());
         }
-        // A replay: nothing to write, the transaction rolls back on drop.
-        return select_chat(&tx, chat_id)?.ok_or(SqliteError::MissingChat);
+        // A replay: nothing to write.
+        return select_chat(conn, chat_id)?.ok_or(SqliteError::MissingChat);
     }
-    if tx
+    if conn
         .prepare_cached(MESSAGE_CHAT)?
         .exists([exchange.agent.id.to_string()])?
     {
         return Err(ExchangeError::AgentIdTaken.into());
     }
 
-    insert_chat(&tx, &new_chat.into_chat())?;
+    insert_chat(conn, &new_chat.into_chat())?;
     {
-        let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
+        let mut insert = conn.prepare_cached(INSERT_MESSAGE)?;
         for m in [&exchange.operator, &exchange.agent] {
             insert.execute(params![
                 m.id.to_string(),
@@ -451,25 +452,23 @@ fn append(
             ])?;
         }
     }
-    let row = tx.prepare_cached(TOUCH_CHAT)?.query_row(
+    let row = conn.prepare_cached(TOUCH_CHAT)?.query_row(
         params![chat_id.as_str(), exchange.agent.ts.as_unix_millis()],
         ChatRow::read,
     )?;
-    // Validated before the commit, so that a row this crate could not read
-    // back is never half-written.
-    let chat = row.into_chat()?;
-    tx.commit()?;
-    Ok(chat)
+    // Validated before the savepoint is released, so that a row this crate
+    // could not read back is never half-written.
+    row.into_chat()
 }
 
+/// Imports one batch; runs inside the writer's transaction, as `append`.
 fn import_batch(
-    conn: &mut Connection,
+    conn: &Connection,
     chat: &Chat,
     messages: &[Message],
 ) -> Result<Imported, SqliteError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
-        let mut owner_of = tx.prepare_cached(MESSAGE_CHAT)?;
+        let mut owner_of = conn.prepare_cached(MESSAGE_CHAT)?;
         for m in messages {
             let owner: Option<String> = owner_of
                 .query_row([m.id.to_string()], |r| r.get(0))
@@ -480,7 +479,7 @@ fn import_batch(
         }
     }
     let created = insert_chat(
-        &tx,
+        conn,
         &Chat {
             message_count: 0,
             ..chat.clone()
@@ -490,7 +489,7 @@ fn import_batch(
     {
         // Only ids of this chat can conflict (checked above): those are the
         // messages already present, left as they are.
-        let mut insert = tx.prepare_cached(INSERT_MESSAGE_IF_NEW)?;
+        let mut insert = conn.prepare_cached(INSERT_MESSAGE_IF_NEW)?;
         for m in messages {
             let n = insert.execute(params![
                 m.id.to_string(),
@@ -505,13 +504,12 @@ fn import_batch(
         }
     }
     let added = i64::try_from(inserted).map_err(|_| SqliteError::CountOverflow)?;
-    let row = tx.prepare_cached(IMPORT_TOUCH_CHAT)?.query_row(
+    let row = conn.prepare_cached(IMPORT_TOUCH_CHAT)?.query_row(
         params![chat.id.as_str(), chat.updated_at.as_unix_millis(), added],
         ChatRow::read,
     )?;
-    // Validated before the commit, as in `append`.
+    // Validated before the savepoint is released, as in `append`.
     let stored = row.into_chat()?;
-    tx.commit()?;
     Ok(Imported {
         chat: stored,
         created,
@@ -604,9 +602,9 @@ impl MessageRow {
 /// This store's settings of every connection, beside the shared ones of
 /// [`Setup::configure`].
 fn tune(conn: &Connection, _role: ConnectionRole) -> rusqlite::Result<()> {
-    // NORMAL is durable across application crashes in WAL mode; a power
-    // loss may only undo the last commits, never corrupt the file.
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+    // FULL: a committed write survives a power loss too, as an answered
+    // send promises; group commit keeps the cost to one fsync per batch.
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
 }
 
 /// What went wrong inside this backend; converted to [`ChatIndexError`] at
@@ -906,13 +904,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ChatIndexError::Unavailable { .. }), "{err:?}");
-        let busy = err
-            .source()
-            .and_then(|e| e.source())
-            .and_then(|e| e.downcast_ref::<rusqlite::Error>())
-            .and_then(rusqlite::Error::sqlite_error_code);
         assert_eq!(
-            busy,
+            sofiia_sqlite_support::sqlite_error_code(&err),
             Some(ErrorCode::DatabaseBusy),
             "the chain keeps the driver error"
         );

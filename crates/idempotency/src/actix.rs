@@ -14,6 +14,7 @@
 //! | same principal, key and request, finished | the stored answer: same status, headers and body, plus `Idempotent-Replayed: true` |
 //! | same key, different request | 422 |
 //! | same key while the first still runs | 409 with `Retry-After` |
+//! | the key holds a pending result (see [`PendingGuard`](crate::PendingGuard)) | 503 with `Retry-After` |
 //! | the store is unavailable | 503 with `Retry-After: 1`; the handler does not run |
 //! | the store fails otherwise | 500; the handler does not run |
 //!
@@ -21,7 +22,8 @@
 //! `title`, `status` and `detail`); their `type` is
 //! [`PROBLEM_TYPE_PREFIX`] followed by a slug: `idempotency-key-missing`,
 //! `idempotency-key-invalid`, `idempotency-key-in-flight`,
-//! `idempotency-key-mismatch`, `store-unavailable` or `internal`.
+//! `idempotency-key-mismatch`, `result-pending`, `store-unavailable` or
+//! `internal`.
 //!
 //! `examples/idempotency_actix.rs` is a complete service using it.
 
@@ -207,7 +209,22 @@ where
 {
     let guard = match idempotency.begin(key, fingerprint).await {
         Ok(Begin::Execute(guard)) => guard,
-        Ok(Begin::Replay(stored)) => return replay(stored),
+        Ok(Begin::Replay(stored)) => return replay(&stored),
+        Ok(Begin::Pending { retry_after }) => {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "result-pending",
+                "Result pending",
+                "the request ran and its result is still being stored; retry after Retry-After",
+            )
+            .insert_header((header::RETRY_AFTER, retry_after.as_secs()))
+            .finish();
+        }
+        Ok(Begin::Resume(_)) => {
+            // This helper completes or releases every key it runs, so none
+            // of its keys holds a pending result; another writer's does.
+            return internal("the key holds a pending result this helper cannot finish");
+        }
         Ok(Begin::InFlight { retry_after }) => {
             return problem(
                 StatusCode::CONFLICT,
@@ -275,8 +292,9 @@ fn replayable_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The stored answer, marked as a replay.
-fn replay(stored: StoredResponse) -> HttpResponse {
+/// The stored answer as a response, byte for byte, marked as a replay
+/// (`Idempotent-Replayed: true`); a 500 problem if it has an invalid status.
+pub fn replay(stored: &StoredResponse) -> HttpResponse {
     let Ok(status) = StatusCode::from_u16(stored.status) else {
         return internal("a stored answer has an invalid status");
     };
@@ -293,7 +311,7 @@ fn replay(stored: StoredResponse) -> HttpResponse {
     }
     response
         .insert_header((IDEMPOTENT_REPLAYED, "true"))
-        .body(stored.body)
+        .body(stored.body.clone())
 }
 
 fn internal(detail: &str) -> HttpResponse {
@@ -541,6 +559,16 @@ mod tests {
             Err(IdempotencyError::Unavailable {
                 source: Box::new(DownError),
             })
+        }
+        async fn hold_pending(
+            &self,
+            _: &ScopedKey,
+            _: &LeaseToken,
+            _: &[u8],
+            _: Duration,
+            _: Duration,
+        ) -> IdemResult<()> {
+            Err(IdempotencyError::LeaseLost)
         }
         async fn complete(
             &self,

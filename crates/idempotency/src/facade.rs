@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
-    DynIdempotencyStore, Fingerprint, LeaseToken, Reservation, Result, ScopedKey, StoredResponse,
+    DynIdempotencyStore, Fingerprint, IdempotencyError, LeaseToken, Reservation, Result, ScopedKey,
+    StoredResponse,
 };
 
 /// Runs requests at most once per key, over any [`IdempotencyStore`].
@@ -28,12 +29,23 @@ pub struct Idempotency {
 #[derive(Debug)]
 pub enum Begin {
     /// The key was free: run the request, then
-    /// [`complete`](Guard::complete) or [`release`](Guard::release).
+    /// [`complete`](Guard::complete) or [`release`](Guard::release) (or,
+    /// once the upstream answered, [`answered`](Guard::answered)).
     Execute(Guard),
+    /// The request ran and its upstream answered, but whoever held it
+    /// stopped before finishing: finish it from the pending result (never
+    /// run it again), then [`complete`](PendingGuard::complete).
+    Resume(PendingGuard),
     /// The request already ran: answer this again.
     Replay(StoredResponse),
     /// The request is running elsewhere: answer 409 with `Retry-After`.
     InFlight {
+        /// When to try again; whole seconds, at least one.
+        retry_after: Duration,
+    },
+    /// The request ran and its result is being stored elsewhere: answer 503
+    /// with `Retry-After`.
+    Pending {
         /// When to try again; whole seconds, at least one.
         retry_after: Duration,
     },
@@ -103,18 +115,33 @@ impl Idempotency {
         let reservation = self.store.reserve(key, fingerprint, self.lease_ttl).await?;
         Ok(match reservation {
             Reservation::Acquired(lease) => Begin::Execute(Guard {
-                store: Arc::clone(&self.store),
-                key: key.clone(),
-                token: lease.token,
-                result_ttl: self.result_ttl,
+                holder: self.holder(key, fingerprint, lease.token),
                 armed: true,
+            }),
+            Reservation::Resume { lease, pending } => Begin::Resume(PendingGuard {
+                holder: self.holder(key, fingerprint, lease.token),
+                pending,
             }),
             Reservation::Completed(response) => Begin::Replay(response),
             Reservation::InFlight { lease_remaining } => Begin::InFlight {
                 retry_after: retry_after(lease_remaining.min(self.max_retry_after)),
             },
+            Reservation::Pending { lease_remaining } => Begin::Pending {
+                retry_after: retry_after(lease_remaining.min(self.max_retry_after)),
+            },
             Reservation::Mismatch => Begin::Mismatch,
         })
+    }
+
+    fn holder(&self, key: &ScopedKey, fingerprint: &Fingerprint, token: LeaseToken) -> Holder {
+        Holder {
+            store: Arc::clone(&self.store),
+            key: key.clone(),
+            fingerprint: *fingerprint,
+            token,
+            lease_ttl: self.lease_ttl,
+            result_ttl: self.result_ttl,
+        }
     }
 
     /// Whether the store answers, for readiness probes.
@@ -144,20 +171,35 @@ impl fmt::Debug for Idempotency {
     }
 }
 
-/// The lease on a key whose request is running.
-///
-/// Consume it with [`complete`](Guard::complete) or
-/// [`release`](Guard::release). Dropped without either (the request was
-/// cancelled, or its handler panicked), it releases the key in the
-/// background on the current tokio runtime, so a retry need not wait for
-/// the lease to expire. Outside a runtime the key stays in flight until its
-/// lease expires.
-#[must_use = "complete or release the key; dropping the guard releases it"]
-pub struct Guard {
+/// What a holder of a key needs to act on it.
+struct Holder {
     store: Arc<DynIdempotencyStore>,
     key: ScopedKey,
+    fingerprint: Fingerprint,
     token: LeaseToken,
+    lease_ttl: Duration,
     result_ttl: Duration,
+}
+
+impl Holder {
+    async fn complete(&self, response: &StoredResponse) -> Result<()> {
+        self.store
+            .complete(&self.key, &self.token, response, self.result_ttl)
+            .await
+    }
+}
+
+/// The lease on a key whose request is running.
+///
+/// Consume it with [`complete`](Guard::complete), [`release`](Guard::release)
+/// or, once the upstream answered, [`answered`](Guard::answered). Dropped
+/// without any (the request was cancelled before the upstream answered, or
+/// its handler panicked), it releases the key in the background on the
+/// current tokio runtime, so a retry need not wait for the lease to expire.
+/// Outside a runtime the key stays in flight until its lease expires.
+#[must_use = "complete or release the key; dropping the guard releases it"]
+pub struct Guard {
+    holder: Holder,
     /// Whether `Drop` still has to release the key.
     armed: bool,
 }
@@ -165,7 +207,7 @@ pub struct Guard {
 impl Guard {
     /// The key held.
     pub fn key(&self) -> &ScopedKey {
-        &self.key
+        &self.holder.key
     }
 
     /// Stores `response` (owned or borrowed) to be replayed to retries for
@@ -173,7 +215,9 @@ impl Guard {
     ///
     /// On an error the caller should still return `response`: the request
     /// ran. The key then stays in flight until its lease expires (it is not
-    /// released, which would invite a second execution at once).
+    /// released, which would invite a second execution at once). Where the
+    /// answer must not be lost, use [`answered`](Self::answered) instead and
+    /// complete from the [`PendingGuard`], retrying.
     ///
     /// # Errors
     ///
@@ -183,9 +227,7 @@ impl Guard {
         // Disarmed before the call: if this future is dropped half-way, the
         // answer may be stored already, and the request ran either way.
         self.armed = false;
-        self.store
-            .complete(&self.key, &self.token, response.borrow(), self.result_ttl)
-            .await
+        self.holder.complete(response.borrow()).await
     }
 
     /// Frees the key so a retry runs again (the request failed in a way
@@ -198,7 +240,29 @@ impl Guard {
     /// directly to observe the outcome.
     pub async fn release(mut self) {
         self.armed = false;
-        let _ = self.store.release(&self.key, &self.token).await;
+        let _ = self
+            .holder
+            .store
+            .release(&self.holder.key, &self.holder.token)
+            .await;
+    }
+
+    /// The upstream answered: from now on the key is never released. Turns
+    /// the guard into a [`PendingGuard`] holding `pending`, what the caller
+    /// needs to finish the request (to store its result) if it has to be
+    /// resumed by another caller. Nothing is written yet:
+    /// [`hold`](PendingGuard::hold) writes it.
+    pub fn answered(mut self, pending: Vec<u8>) -> PendingGuard {
+        self.armed = false;
+        let holder = Holder {
+            store: Arc::clone(&self.holder.store),
+            key: self.holder.key.clone(),
+            fingerprint: self.holder.fingerprint,
+            token: self.holder.token,
+            lease_ttl: self.holder.lease_ttl,
+            result_ttl: self.holder.result_ttl,
+        };
+        PendingGuard { holder, pending }
     }
 }
 
@@ -208,9 +272,9 @@ impl Drop for Guard {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = Arc::clone(&self.store);
-            let key = self.key.clone();
-            let token = self.token;
+            let store = Arc::clone(&self.holder.store);
+            let key = self.holder.key.clone();
+            let token = self.holder.token;
             // The result is of no use to anyone: on failure the lease
             // expires by itself, which is the best that can be done.
             drop(runtime.spawn(async move {
@@ -223,8 +287,105 @@ impl Drop for Guard {
 impl fmt::Debug for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
-            .field("key", &self.key)
+            .field("key", &self.holder.key)
             .field("armed", &self.armed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The lease on a key whose upstream has answered: its request must be
+/// finished and completed, never run again, never released.
+///
+/// Made by [`Guard::answered`] (the caller ran the request) or handed out by
+/// [`Begin::Resume`] (another caller ran it and stopped). Dropping it
+/// changes nothing: the key keeps its pending result, and once the lease
+/// ends the next reservation resumes it.
+pub struct PendingGuard {
+    holder: Holder,
+    pending: Vec<u8>,
+}
+
+/// What [`PendingGuard::hold`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// The pending result is stored and the lease renewed: go on finishing.
+    Held,
+    /// While this holder could not reach the store, another caller took the
+    /// key over and completed it with this answer; there is nothing left to
+    /// do.
+    Completed(StoredResponse),
+    /// Another caller took the key over and is finishing it (or ran it
+    /// again, if this holder's pending result never reached the store); this
+    /// holder must stop.
+    TakenOver,
+}
+
+impl PendingGuard {
+    /// The key held.
+    pub fn key(&self) -> &ScopedKey {
+        &self.holder.key
+    }
+
+    /// The pending result.
+    pub fn pending(&self) -> &[u8] {
+        &self.pending
+    }
+
+    /// Writes the pending result with the key and renews the lease. Call it
+    /// once before storing the result, and again before each retry of the
+    /// storing, so that a holder that keeps trying keeps the key.
+    ///
+    /// If the lease was lost (it ended while the store could not be
+    /// reached), the key is reserved again: a key nobody took meanwhile is
+    /// this holder's again; one that somebody else holds is reported.
+    ///
+    /// # Errors
+    ///
+    /// A store error: nothing is known to be written; try again later.
+    pub async fn hold(&mut self) -> Result<Held> {
+        let h = &self.holder;
+        match h
+            .store
+            .hold_pending(&h.key, &h.token, &self.pending, h.lease_ttl, h.result_ttl)
+            .await
+        {
+            Ok(()) => return Ok(Held::Held),
+            Err(IdempotencyError::LeaseLost) => {}
+            Err(e) => return Err(e),
+        }
+        match h.store.reserve(&h.key, &h.fingerprint, h.lease_ttl).await? {
+            Reservation::Acquired(lease) | Reservation::Resume { lease, .. } => {
+                self.holder.token = lease.token;
+                let h = &self.holder;
+                h.store
+                    .hold_pending(&h.key, &h.token, &self.pending, h.lease_ttl, h.result_ttl)
+                    .await?;
+                Ok(Held::Held)
+            }
+            Reservation::Completed(response) => Ok(Held::Completed(response)),
+            Reservation::InFlight { .. } | Reservation::Pending { .. } | Reservation::Mismatch => {
+                Ok(Held::TakenOver)
+            }
+        }
+    }
+
+    /// Stores `response` to be replayed to retries for the result TTL: the
+    /// request is finished.
+    ///
+    /// # Errors
+    ///
+    /// [`IdempotencyError::LeaseLost`] when another caller took the key
+    /// over; a store error otherwise (the guard is kept: try again).
+    pub async fn complete(&self, response: impl Borrow<StoredResponse>) -> Result<()> {
+        self.holder.complete(response.borrow()).await
+    }
+}
+
+impl fmt::Debug for PendingGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingGuard")
+            .field("key", &self.holder.key)
+            .field("pending_bytes", &self.pending.len())
             .finish_non_exhaustive()
     }
 }
@@ -385,6 +546,66 @@ mod tests {
         assert!(matches!(
             idem.begin(&key("alice"), &fp("a")).await.unwrap(),
             Begin::Execute(_)
+        ));
+    }
+
+    fn pending_guard(begin: Begin) -> PendingGuard {
+        match begin {
+            Begin::Execute(guard) => guard.answered(b"reply".to_vec()),
+            Begin::Resume(pending) => pending,
+            other => panic!("expected Execute or Resume, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answered_key_is_held_pending_never_released_and_resumed_after_its_lease() {
+        let (clock, store, idem) = setup();
+        let mut pending = pending_guard(idem.begin(&key("alice"), &fp("a")).await.unwrap());
+        assert_eq!(pending.hold().await.unwrap(), Held::Held);
+        assert_eq!(pending.pending(), b"reply");
+        assert!(matches!(
+            idem.begin(&key("alice"), &fp("a")).await.unwrap(),
+            Begin::Pending { retry_after } if retry_after == Duration::from_secs(1)
+        ));
+        // Dropping it keeps the key: the holder crashed, say.
+        drop(pending);
+        assert_eq!(store.len(), 1);
+        clock.advance(Duration::from_secs(31));
+        let resumed = pending_guard(idem.begin(&key("alice"), &fp("a")).await.unwrap());
+        assert_eq!(resumed.pending(), b"reply");
+        resumed.complete(answer()).await.unwrap();
+        assert!(matches!(
+            idem.begin(&key("alice"), &fp("a")).await.unwrap(),
+            Begin::Replay(r) if r == answer()
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_holder_that_lost_its_lease_takes_the_key_back_unless_someone_else_has_it() {
+        let (clock, store, idem) = setup();
+        // The lease ran out before the first hold reached the store, and
+        // nobody took the key: the holder takes it again.
+        let mut pending = pending_guard(idem.begin(&key("alice"), &fp("a")).await.unwrap());
+        clock.advance(Duration::from_secs(31));
+        assert_eq!(pending.hold().await.unwrap(), Held::Held);
+        pending.complete(answer()).await.unwrap();
+
+        // Somebody else reserved it meanwhile (and will run it again): the
+        // holder must stop.
+        let mut pending = pending_guard(idem.begin(&key("bob"), &fp("a")).await.unwrap());
+        clock.advance(Duration::from_secs(31));
+        let Begin::Execute(other) = idem.begin(&key("bob"), &fp("a")).await.unwrap() else {
+            panic!("expected Execute");
+        };
+        assert_eq!(pending.hold().await.unwrap(), Held::TakenOver);
+
+        // And once that other caller completed it, the holder learns the
+        // answer.
+        other.complete(answer()).await.unwrap();
+        assert_eq!(pending.hold().await.unwrap(), Held::Completed(answer()));
+        assert!(matches!(
+            store.release(&key("bob"), &LeaseToken([0; 16])).await,
+            Err(IdempotencyError::LeaseLost)
         ));
     }
 

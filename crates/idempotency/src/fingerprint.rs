@@ -156,6 +156,24 @@ impl ScopedKey {
         hasher.update(self.key().as_str().as_bytes());
         hasher.finalize().into()
     }
+
+    /// The key to pass to the upstream the request is sent to (as its own
+    /// `Idempotency-Key`), so that it can deduplicate too: `u1-` and 64 hex
+    /// digits of `SHA-256("sofiia-upstream-key/v1" || 0 || u64_be(len(principal)) || principal || key)`.
+    ///
+    /// It is the same for every retry of the key, on every instance, and
+    /// differs between principals, so two principals' equal keys never reach
+    /// the upstream as one key. Neither the principal nor the client's key
+    /// can be read from it.
+    pub fn upstream_key(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(b"sofiia-upstream-key/v1\0");
+        hasher.update((self.principal().len() as u64).to_be_bytes());
+        hasher.update(self.principal().as_bytes());
+        hasher.update(self.key().as_str().as_bytes());
+        let digest: [u8; 32] = hasher.finalize().into();
+        format!("u1-{}", to_hex(&digest))
+    }
 }
 
 /// Lowercase hex of `bytes`.
@@ -204,6 +222,27 @@ pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::IdempotencyKey;
+
+    #[test]
+    fn upstream_keys_are_stable_valid_and_apart_per_principal() {
+        let key = |p: &str, k: &str| ScopedKey::new(p, IdempotencyKey::new(k).unwrap());
+        let alice = key("alice", "retry-00000001").upstream_key();
+        assert_eq!(alice, key("alice", "retry-00000001").upstream_key());
+        assert_ne!(alice, key("bob", "retry-00000001").upstream_key());
+        assert_ne!(alice, key("alice", "retry-00000002").upstream_key());
+        // The length prefix keeps a principal that is a prefix of another apart.
+        assert_ne!(
+            key("ab", "cdefghij").upstream_key(),
+            key("a", "bcdefghij").upstream_key()
+        );
+        // Usable as an Idempotency-Key itself, and revealing neither part.
+        assert!(IdempotencyKey::new(alice.clone()).is_ok());
+        assert_eq!(alice.len(), 67);
+        assert!(alice.starts_with("u1-"));
+        assert!(!alice.contains("alice") && !alice.contains("retry"));
+        // Not the storage digest either.
+        assert!(!alice.contains(&to_hex(&key("alice", "retry-00000001").digest())));
+    }
 
     #[test]
     fn part_boundaries_are_unambiguous() {

@@ -6,25 +6,38 @@
 //! state machine of each key in an [`IdempotencyStore`]:
 //!
 //! ```text
-//!             reserve (new)                 complete (2xx answer)
-//!   absent ─────────────────> in flight ─────────────────────────> completed
-//!     ^                          │  │                                  │
-//!     │   release (upstream      │  │ lease expires                    │ TTL expires
-//!     └──────failed) ────────────┘  └──────> absent        absent <────┘
+//!             reserve                 hold_pending                complete
+//!   absent ───────────> in flight ─────────────────> pending ─────────────> completed
+//!     ^                    │  │    (upstream answered)  │  ^                    │
+//!     │  release (upstream │  │ lease expires           │  │ lease expires:     │ TTL
+//!     └── failed) ─────────┘  └──────> absent           │  │ the next reserve   │ expires
+//!                                                       └──┘ resumes it         v
+//!                                                                             absent
 //! ```
 //!
 //! - **reserve** atomically answers one of: acquired (the caller runs the
 //!   request and holds a *lease*), in flight (someone else holds an unexpired
-//!   lease: answer 409), completed (replay the stored answer) or mismatch (the
-//!   key was used for a different request: answer 422). A key is scoped by its
-//!   principal (the operator), so equal keys of two principals never interact.
+//!   lease: answer 409), pending (the request ran, and its holder is still
+//!   storing its result: answer 503), resume (the request ran, but its
+//!   holder stopped before finishing: the caller takes over with a fresh
+//!   lease and the pending result), completed (replay the stored answer) or
+//!   mismatch (the key was used for a different request: answer 422). A key
+//!   is scoped by its principal (the operator), so equal keys of two
+//!   principals never interact.
+//! - **hold_pending** records, once the upstream has answered, what the
+//!   caller needs to finish the request (its *pending result*), and renews
+//!   the lease. From then on the key is never freed: `release` refuses it,
+//!   and a lease that ends only lets the next reservation *resume* the
+//!   request from the pending result, never run it again.
 //! - **complete** stores the answer, but only while the caller's lease still
 //!   holds the key (*fencing*): a lease that expired and lost the key to
 //!   another caller can never overwrite that caller's result.
-//! - **release** frees the key after an upstream failure, so a retry runs
-//!   again.
+//! - **release** frees a key in flight after an upstream failure, so a retry
+//!   runs again.
 //!
-//! Backends: [`MemoryIdempotencyStore`] (one process, bounded) and
+//! Backends: [`SqliteIdempotencyStore`] (feature `sqlite`; one file,
+//! durable across restarts and crashes), [`MemoryIdempotencyStore`] (one
+//! process, bounded; forgets everything on restart) and
 //! [`RedisIdempotencyStore`] (feature `redis`; many processes sharing one
 //! Redis). Every backend passes the behavioural suite in [`testing`], which
 //! an embedder can run against a backend of their own with
@@ -79,6 +92,8 @@
 //!             assert_eq!(answer.status, 201); // answer it again, byte for byte
 //!         }
 //!         Begin::InFlight { .. } => { /* 409 with Retry-After */ }
+//!         Begin::Pending { .. } => { /* 503 with Retry-After: being stored */ }
+//!         Begin::Resume(_) => { /* finish from the pending result, then complete */ }
 //!         Begin::Mismatch => { /* 422 */ }
 //!     }
 //! }
@@ -97,9 +112,12 @@
 //!   lease): a retry may run concurrently, and the late `complete` fails with
 //!   [`IdempotencyError::LeaseLost`]. Pass the key downstream so the upstream
 //!   can deduplicate as well.
-//! - The store fails between execution and `complete`: the caller has the
-//!   answer and should return it; the key stays in flight until its lease
-//!   expires, after which a retry runs again.
+//! - The store fails after the upstream answered: hold the answer with
+//!   [`Guard::answered`] and keep retrying [`PendingGuard::hold`] and your
+//!   own storage until they succeed. Meanwhile retries see the key pending
+//!   (503); once the pending result is held, a crash of the holder only
+//!   delays the request (the next retry after the lease resumes it), it
+//!   never runs it twice.
 //! - The request is cancelled (the client went away) or its handler
 //!   panics: the dropped [`Guard`] releases the key in the background, so a
 //!   retry need not wait for the lease.
@@ -108,6 +126,7 @@
 //!
 //! # Features
 //!
+//! - `sqlite`: [`SqliteIdempotencyStore`] (on `rusqlite`, SQLite built in);
 //! - `redis`: [`RedisIdempotencyStore`] (on `deadpool-redis`);
 //! - `actix`: the [`actix`] module, an `Idempotency-Key` extractor and
 //!   `run_idempotent` for actix-web services;
@@ -117,6 +136,7 @@
 // Where a feature is off, its items do not exist; point their links at the
 // section that says how to enable them instead of leaving them broken.
 #![cfg_attr(not(feature = "redis"), doc = "[`RedisIdempotencyStore`]: #features")]
+#![cfg_attr(not(feature = "sqlite"), doc = "[`SqliteIdempotencyStore`]: #features")]
 #![cfg_attr(not(feature = "actix"), doc = "[`actix`]: #features")]
 #![cfg_attr(
     not(any(test, feature = "testing")),
@@ -132,21 +152,27 @@ use async_trait::async_trait;
 
 #[cfg(feature = "actix")]
 pub mod actix;
+#[cfg(any(feature = "redis", feature = "sqlite"))]
+mod codec;
 mod facade;
 mod fingerprint;
 mod key;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use crate::facade::{Begin, Guard, Idempotency};
+pub use crate::facade::{Begin, Guard, Held, Idempotency, PendingGuard};
 pub use crate::fingerprint::{FingerprintBuilder, HexError};
 pub use crate::key::{IdempotencyKey, KeyError};
-pub use crate::memory::MemoryIdempotencyStore;
+pub use crate::memory::{EVICTIONS_METRIC, MemoryIdempotencyStore};
 #[cfg(feature = "redis")]
 pub use crate::redis::RedisIdempotencyStore;
+#[cfg(feature = "sqlite")]
+pub use crate::sqlite::{SqliteIdempotencyStore, SqliteOptions};
 
 /// An idempotency key within the scope of one principal.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -254,6 +280,24 @@ pub enum Reservation {
         /// When the lease ends at the latest.
         lease_remaining: Duration,
     },
+    /// The request ran and its upstream answered; another caller holds the
+    /// lease and is finishing it (storing its result).
+    Pending {
+        /// When that caller's lease ends at the latest; after that the key
+        /// can be resumed.
+        lease_remaining: Duration,
+    },
+    /// The request ran and its upstream answered, but the caller that held
+    /// it stopped before finishing (its lease ended). The key is now the
+    /// caller's, under this new lease: finish the request from `pending`
+    /// (never run it again), then complete.
+    Resume {
+        /// The new lease.
+        lease: Lease,
+        /// The pending result, as given to
+        /// [`hold_pending`](IdempotencyStore::hold_pending).
+        pending: Vec<u8>,
+    },
     /// The request already completed: replay this.
     Completed(StoredResponse),
     /// The key is in use (in flight or completed) for a different request.
@@ -267,6 +311,10 @@ pub enum IdempotencyError {
     /// The lease no longer holds the key (it expired, or was released).
     #[error("the lease no longer holds the idempotency key")]
     LeaseLost,
+    /// The key holds a pending result, so it cannot be released: the
+    /// request ran, and can only be completed.
+    #[error("the idempotency key holds a pending result and cannot be released")]
+    ResultPending,
     /// The store cannot be reached or is full; nothing may execute.
     #[error("the idempotency store is unavailable")]
     Unavailable {
@@ -305,9 +353,34 @@ pub trait IdempotencyStore: Debug + Send + Sync + 'static {
         lease_ttl: Duration,
     ) -> Result<Reservation>;
 
+    /// Records that the request's upstream answered: keeps `pending` (what
+    /// the caller needs to finish the request) with the key, renews the
+    /// lease for `lease_ttl` from now and keeps the key for `keep_ttl` from
+    /// now, if `lease` still holds the key.
+    ///
+    /// A lease holds a key in flight under its token until the lease
+    /// expires, and a pending key under its token until another caller
+    /// resumes it (which gives the key a new token): so a holder whose lease
+    /// ran out may still renew it as long as nobody took over. Calling it
+    /// again replaces the pending result and renews the lease again.
+    ///
+    /// # Errors
+    ///
+    /// [`IdempotencyError::LeaseLost`] if the lease does not hold the key
+    /// (nothing changes), or a backend error.
+    async fn hold_pending(
+        &self,
+        key: &ScopedKey,
+        lease: &LeaseToken,
+        pending: &[u8],
+        lease_ttl: Duration,
+        keep_ttl: Duration,
+    ) -> Result<()>;
+
     /// Stores `response` for `key`, kept for `ttl`, if `lease` still holds
-    /// the key: it is in flight under this very token and the lease has not
-    /// expired (fencing). After that the lease is spent.
+    /// the key (in flight or pending, as for
+    /// [`hold_pending`](IdempotencyStore::hold_pending)): fencing. After
+    /// that the lease is spent and any pending result is dropped.
     ///
     /// # Errors
     ///
@@ -321,15 +394,33 @@ pub trait IdempotencyStore: Debug + Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<()>;
 
-    /// Frees `key` if `lease` still holds it (as for
-    /// [`complete`](IdempotencyStore::complete)), so the next reservation
-    /// runs.
+    /// Frees `key` if `lease` still holds it in flight, so the next
+    /// reservation runs.
     ///
     /// # Errors
     ///
-    /// [`IdempotencyError::LeaseLost`] if it does not (nothing changes), or a
-    /// backend error.
+    /// [`IdempotencyError::ResultPending`] if the key holds a pending result
+    /// under this lease (it is never freed: the request ran);
+    /// [`IdempotencyError::LeaseLost`] if the lease does not hold the key.
+    /// Nothing changes in either case. Or a backend error.
     async fn release(&self, key: &ScopedKey, lease: &LeaseToken) -> Result<()>;
+
+    /// Removes up to `limit` entries whose time has passed (completed
+    /// results past their TTL, leases that ended, pending results past their
+    /// keep time) and returns how many it removed. Expired entries already
+    /// count as absent; this returns their space. Never removes an entry
+    /// whose time has not passed.
+    ///
+    /// A backend that expires entries by itself (Redis) removes nothing
+    /// here; the default does that.
+    ///
+    /// # Errors
+    ///
+    /// [`IdempotencyError::Unavailable`] or [`IdempotencyError::Backend`].
+    async fn purge_expired(&self, limit: usize) -> Result<u64> {
+        let _ = limit;
+        Ok(0)
+    }
 
     /// Checks that the backend answers, for readiness probes.
     ///

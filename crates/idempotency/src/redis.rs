@@ -8,6 +8,7 @@ use deadpool_redis::redis::{self, RedisError, Script, Value};
 use deadpool_redis::{Pool, PoolError};
 use sofiia_redis_support::CallError;
 
+use crate::codec::{decode_headers, encode_headers};
 use crate::fingerprint::{to_hex, ttl_millis};
 use crate::{
     Fingerprint, IdempotencyError, IdempotencyStore, Lease, LeaseToken, Reservation, Result,
@@ -23,28 +24,31 @@ use crate::{
 /// (neither the principal nor the client's key is stored in clear), with
 /// the fields:
 ///
-/// | field | in flight | completed |
-/// | --- | --- | --- |
-/// | `state` | `inflight` | `completed` |
-/// | `fingerprint` | 32 bytes | 32 bytes |
-/// | `token` | 16 bytes | (removed) |
-/// | `status` | | decimal, e.g. `200` |
-/// | `headers` | | version byte `1`, then per header `u32_be` length + name, `u32_be` length + value |
-/// | `body` | | the bytes |
+/// | field | in flight | pending | completed |
+/// | --- | --- | --- | --- |
+/// | `state` | `inflight` | `pending` | `completed` |
+/// | `fingerprint` | 32 bytes | 32 bytes | 32 bytes |
+/// | `token` | 16 bytes | 16 bytes | (removed) |
+/// | `lease_until` | | server time in ms when the lease ends | (removed) |
+/// | `pending` | | the pending result | (removed) |
+/// | `status` | | | decimal, e.g. `200` |
+/// | `headers` | | | version byte `1`, then per header `u32_be` length + name, `u32_be` length + value |
+/// | `body` | | | the bytes |
 ///
-/// Every key has a TTL: the lease while in flight, the result TTL once
-/// completed. A lease expires by its key expiring, on the Redis server's
-/// clock, so instances need no synchronised clocks.
+/// Every key has a TTL: the lease while in flight (a lease expires by its
+/// key expiring), the keep time while pending, the result TTL once
+/// completed. Times are the Redis server's (`PEXPIRE`, `TIME`), so
+/// instances need no synchronised clocks.
 ///
 /// # Atomicity
 ///
 /// Each operation is one Lua script (`EVALSHA`, loaded on first use and
 /// again after a Redis restart), so no two instances can interleave inside
-/// one: reserve reads and, if the key is free, takes it; complete and release
-/// compare the lease token first (fencing) and change nothing on a mismatch.
-/// Each script touches exactly one key, so the layout also suits a Redis
-/// Cluster. Redis 5 or later is needed (multi-field `HSET`, and scripts
-/// replicated by their effects).
+/// one: reserve reads and, if the key is free or its pending result is
+/// orphaned, takes it; the others compare the lease token first (fencing)
+/// and change nothing on a mismatch. Each script touches exactly one key, so
+/// the layout also suits a Redis Cluster. Redis 6.2 or later is needed
+/// (multi-field `HSET`, scripts replicated by their effects).
 ///
 /// # Failures
 ///
@@ -59,17 +63,28 @@ pub struct RedisIdempotencyStore {
     prefix: String,
     op_timeout: Duration,
     reserve: Script,
+    hold: Script,
     complete: Script,
     release: Script,
 }
 
-/// `KEYS[1]` the key; `ARGV`: fingerprint, new token, lease in ms.
+/// Every script starts with this: effects replication (the default from
+/// Redis 7; 6.2 needs asking, as the scripts read `TIME`) and the server's
+/// time in milliseconds.
+const PRELUDE: &str = r"
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key = KEYS[1]
+";
+
+/// `ARGV`: fingerprint, new token, lease in ms.
 ///
-/// Replies `{'acquired'}`, `{'mismatch'}`, `{'inflight', pttl}` or
+/// Replies `{'acquired'}`, `{'mismatch'}`, `{'inflight', pttl}`,
+/// `{'pending', ms left}`, `{'resume', pending}` or
 /// `{'completed', status, headers, body}`.
 const RESERVE: &str = r"
-local key = KEYS[1]
-local found = redis.call('HMGET', key, 'state', 'fingerprint')
+local found = redis.call('HMGET', key, 'state', 'fingerprint', 'lease_until')
 if not found[1] then
   -- Free (absent or expired). DEL drops stray fields of a damaged hash.
   redis.call('DEL', key)
@@ -90,32 +105,58 @@ if found[1] == 'inflight' then
   end
   return {'inflight', ttl}
 end
+if found[1] == 'pending' then
+  local lease_until = tonumber(found[3]) or 0
+  if lease_until > now then
+    return {'pending', lease_until - now}
+  end
+  -- The holder stopped: the caller takes the key over, under a new token.
+  redis.call('HSET', key, 'token', ARGV[2], 'lease_until', string.format('%.0f', now + tonumber(ARGV[3])))
+  return {'resume', redis.call('HGET', key, 'pending')}
+end
 local result = redis.call('HMGET', key, 'status', 'headers', 'body')
 return {'completed', result[1], result[2], result[3]}
 ";
 
-/// `KEYS[1]` the key; `ARGV`: token, result TTL in ms, status, headers,
-/// body. Replies 1 if stored, 0 if the lease does not hold the key.
-const COMPLETE: &str = r"
-local key = KEYS[1]
+/// `ARGV`: token, pending result, lease in ms, keep in ms. Replies 1 if held,
+/// 0 if the lease does not hold the key.
+const HOLD: &str = r"
 local found = redis.call('HMGET', key, 'state', 'token')
-if found[1] ~= 'inflight' or found[2] ~= ARGV[1] then
+if found[2] ~= ARGV[1] or (found[1] ~= 'inflight' and found[1] ~= 'pending') then
+  return 0
+end
+redis.call('HSET', key, 'state', 'pending', 'pending', ARGV[2], 'lease_until', string.format('%.0f', now + tonumber(ARGV[3])))
+redis.call('PEXPIRE', key, ARGV[4])
+return 1
+";
+
+/// `ARGV`: token, result TTL in ms, status, headers, body. Replies 1 if
+/// stored, 0 if the lease does not hold the key.
+const COMPLETE: &str = r"
+local found = redis.call('HMGET', key, 'state', 'token')
+if found[2] ~= ARGV[1] or (found[1] ~= 'inflight' and found[1] ~= 'pending') then
   return 0
 end
 redis.call('HSET', key, 'state', 'completed', 'status', ARGV[3], 'headers', ARGV[4], 'body', ARGV[5])
-redis.call('HDEL', key, 'token')
+redis.call('HDEL', key, 'token', 'lease_until', 'pending')
 redis.call('PEXPIRE', key, ARGV[2])
 return 1
 ";
 
-/// `KEYS[1]` the key; `ARGV[1]` the token. Replies 1 if released, 0 if the
-/// lease does not hold the key.
+/// `ARGV[1]` the token. Replies 1 if released, 2 if the key holds a pending
+/// result under this token (kept), 0 if the lease does not hold the key.
 const RELEASE: &str = r"
-local found = redis.call('HMGET', KEYS[1], 'state', 'token')
-if found[1] ~= 'inflight' or found[2] ~= ARGV[1] then
+local found = redis.call('HMGET', key, 'state', 'token')
+if found[2] ~= ARGV[1] then
   return 0
 end
-redis.call('DEL', KEYS[1])
+if found[1] == 'pending' then
+  return 2
+end
+if found[1] ~= 'inflight' then
+  return 0
+end
+redis.call('DEL', key)
 return 1
 ";
 
@@ -184,9 +225,10 @@ impl RedisIdempotencyStore {
             pool,
             prefix: prefix.into(),
             op_timeout: Self::DEFAULT_OP_TIMEOUT,
-            reserve: Script::new(RESERVE),
-            complete: Script::new(COMPLETE),
-            release: Script::new(RELEASE),
+            reserve: Script::new(&format!("{PRELUDE}{RESERVE}")),
+            hold: Script::new(&format!("{PRELUDE}{HOLD}")),
+            complete: Script::new(&format!("{PRELUDE}{COMPLETE}")),
+            release: Script::new(&format!("{PRELUDE}{RELEASE}")),
         }
     }
 
@@ -258,6 +300,27 @@ impl IdempotencyStore for RedisIdempotencyStore {
         Ok(parse_reservation(reply, token, lease_ttl)?)
     }
 
+    async fn hold_pending(
+        &self,
+        key: &ScopedKey,
+        lease: &LeaseToken,
+        pending: &[u8],
+        lease_ttl: Duration,
+        keep_ttl: Duration,
+    ) -> Result<()> {
+        let reply = self
+            .invoke(
+                self.hold
+                    .key(self.redis_key(key))
+                    .arg(&lease.0[..])
+                    .arg(pending)
+                    .arg(millis_arg(lease_ttl))
+                    .arg(millis_arg(keep_ttl)),
+            )
+            .await?;
+        held(reply)
+    }
+
     async fn complete(
         &self,
         key: &ScopedKey,
@@ -291,12 +354,14 @@ impl IdempotencyStore for RedisIdempotencyStore {
     }
 }
 
-/// The reply of complete or release: 1 done, 0 the lease does not hold.
+/// The reply of hold, complete or release: 1 done, 0 the lease does not
+/// hold, 2 (release only) the key holds a pending result.
 fn held(reply: Value) -> Result<()> {
     match reply {
         Value::Int(1) => Ok(()),
         Value::Int(0) => Err(IdempotencyError::LeaseLost),
-        _ => Err(RedisStoreError::Reply("complete or release did not answer 0 or 1").into()),
+        Value::Int(2) => Err(IdempotencyError::ResultPending),
+        _ => Err(RedisStoreError::Reply("a fenced write did not answer 0, 1 or 2").into()),
     }
 }
 
@@ -322,6 +387,22 @@ fn parse_reservation(
             },
             _ => return Err(RedisStoreError::Reply("in flight without a TTL")),
         },
+        Some(b"pending") => match items.next() {
+            Some(Value::Int(ms)) => Reservation::Pending {
+                lease_remaining: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+            },
+            _ => return Err(RedisStoreError::Reply("pending without a lease")),
+        },
+        Some(b"resume") => match items.next().and_then(bytes) {
+            Some(pending) => Reservation::Resume {
+                lease: Lease {
+                    token,
+                    ttl: lease_ttl,
+                },
+                pending,
+            },
+            None => return Err(RedisStoreError::Reply("a pending entry lacks its result")),
+        },
         Some(b"completed") => {
             let (Some(status), Some(headers), Some(body)) = (
                 items.next().and_then(bytes),
@@ -336,7 +417,8 @@ fn parse_reservation(
                 .ok_or(RedisStoreError::Reply("a stored status is not a number"))?;
             Reservation::Completed(StoredResponse {
                 status,
-                headers: decode_headers(&headers)?,
+                headers: decode_headers(&headers)
+                    .ok_or(RedisStoreError::Reply("stored headers do not decode"))?,
                 body,
             })
         }
@@ -350,51 +432,6 @@ fn bytes(value: Value) -> Option<Vec<u8>> {
         Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
     }
-}
-
-/// The format's version, first byte of every encoded header list, so that a
-/// later format can be told apart from this one.
-const HEADERS_V1: u8 = 1;
-
-fn encode_headers(headers: &[(String, String)]) -> Vec<u8> {
-    let len: usize = headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum();
-    let mut out = Vec::with_capacity(1 + len);
-    out.push(HEADERS_V1);
-    for (name, value) in headers {
-        for part in [name, value] {
-            // Header names and values are far below 4 GiB; saturating keeps
-            // a pathological one from wrapping into a valid-looking length.
-            let n = u32::try_from(part.len()).unwrap_or(u32::MAX);
-            out.extend_from_slice(&n.to_be_bytes());
-            out.extend_from_slice(part.as_bytes());
-        }
-    }
-    out
-}
-
-fn decode_headers(mut buf: &[u8]) -> Result<Vec<(String, String)>, RedisStoreError> {
-    const BAD: RedisStoreError = RedisStoreError::Reply("stored headers do not decode");
-    let Some((&HEADERS_V1, rest)) = buf.split_first() else {
-        return Err(BAD);
-    };
-    buf = rest;
-    let take = |buf: &mut &[u8]| -> Result<String, RedisStoreError> {
-        let (len, rest) = buf.split_first_chunk::<4>().ok_or(BAD)?;
-        let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| BAD)?;
-        if rest.len() < len {
-            return Err(BAD);
-        }
-        let (text, rest) = rest.split_at(len);
-        *buf = rest;
-        String::from_utf8(text.to_vec()).map_err(|_| BAD)
-    };
-    let mut headers = Vec::new();
-    while !buf.is_empty() {
-        let name = take(&mut buf)?;
-        let value = take(&mut buf)?;
-        headers.push((name, value));
-    }
-    Ok(headers)
 }
 
 impl fmt::Debug for RedisIdempotencyStore {
@@ -483,27 +520,6 @@ mod tests {
         assert!(!RedisStoreError::Pool(PoolError::NoRuntimeSpecified).is_unavailable());
     }
 
-    #[test]
-    fn headers_round_trip_and_decoding_is_strict() {
-        let headers = vec![
-            ("content-type".to_owned(), "text/plain".to_owned()),
-            ("x-empty".to_owned(), String::new()),
-            ("x-ü".to_owned(), "✓".to_owned()),
-        ];
-        let encoded = encode_headers(&headers);
-        assert_eq!(decode_headers(&encoded).unwrap(), headers);
-        assert_eq!(decode_headers(&encode_headers(&[])).unwrap(), vec![]);
-        assert!(decode_headers(&[]).is_err());
-        assert!(decode_headers(&[2]).is_err());
-        assert!(decode_headers(&encoded[..encoded.len() - 1]).is_err());
-        // A name without its value.
-        assert!(decode_headers(&[1, 0, 0, 0, 1, b'a']).is_err());
-        // A length past the end.
-        assert!(decode_headers(&[1, 0, 0, 1, 0, b'a']).is_err());
-        // Invalid UTF-8.
-        assert!(decode_headers(&[1, 0, 0, 0, 1, 0xff, 0, 0, 0, 0]).is_err());
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_key_written_has_a_ttl() {
         let Some(redis) = RedisTestContext::new("every_key_written_has_a_ttl").await else {
@@ -522,6 +538,17 @@ mod tests {
         store.reserve(&key(1), &fp("a"), LONG_TTL).await.unwrap();
         store.reserve(&key(1), &fp("b"), LONG_TTL).await.unwrap();
         store.reserve(&key(0), &fp("a"), LONG_TTL).await.unwrap();
+        // Pending, and resumed.
+        let token = acquire(&store, &key(5)).await;
+        store
+            .hold_pending(&key(5), &token, b"p", Duration::from_millis(1), LONG_TTL)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(matches!(
+            store.reserve(&key(5), &fp("a"), LONG_TTL).await.unwrap(),
+            Reservation::Resume { .. }
+        ));
         // Released (gone), and failed fenced writes (nothing created).
         let token = acquire(&store, &key(2)).await;
         store.release(&key(2), &token).await.unwrap();
@@ -534,7 +561,7 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(keys.len(), 3, "{keys:?}");
         for k in &keys {
             let suffix = k.strip_prefix(&redis.prefix).unwrap();
             let digest = suffix.strip_prefix("idem:").unwrap();

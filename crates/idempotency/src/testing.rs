@@ -255,6 +255,14 @@ macro_rules! idempotency_store_tests {
             case_principals_are_isolated,
             case_keys_are_isolated,
             case_concurrent_reserves_admit_exactly_one,
+            case_a_held_result_is_pending_then_resumed_after_the_lease,
+            case_a_pending_key_is_never_released,
+            case_hold_pending_renews_the_lease,
+            case_hold_pending_needs_the_lease,
+            case_a_pending_key_keeps_its_fingerprint_and_completes,
+            case_a_pending_result_expires_after_its_keep_time,
+            case_purge_removes_nothing_unexpired,
+            case_concurrent_resumes_admit_exactly_one,
             // cases:end
         );
     };
@@ -704,21 +712,11 @@ pub async fn case_keys_are_isolated(t: &TestStore) {
 /// acquires it, every other one sees it in flight.
 pub async fn case_concurrent_reserves_admit_exactly_one(t: &TestStore) {
     const TASKS: usize = 100;
-    let barrier = Arc::new(Barrier::new(TASKS));
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|_| {
-            let store = t.shared_store();
-            let barrier = Arc::clone(&barrier);
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.reserve(&alice(), &fp("a"), LONG_TTL).await
-            })
-        })
-        .collect();
+    let reservations = reserve_at_once(t, TASKS).await;
     let mut acquired = Vec::new();
     let mut in_flight = 0;
-    for task in tasks {
-        match task.await.expect("task") {
+    for reservation in reservations {
+        match reservation {
             Ok(Reservation::Acquired(lease)) => acquired.push(lease.token),
             Ok(Reservation::InFlight { .. }) => in_flight += 1,
             other => panic!("unexpected reservation: {other:?}"),
@@ -733,6 +731,311 @@ pub async fn case_concurrent_reserves_admit_exactly_one(t: &TestStore) {
     assert_eq!(in_flight, TASKS - 1);
     // The one lease really holds the key.
     store_complete_ok(t, &acquired[0]).await;
+}
+
+/// Once held, a pending result keeps the key past its holder's lease:
+/// while the lease lasts the key is pending; after it, the next reservation
+/// resumes it with the pending result under a new lease, and the old lease
+/// can no longer complete it.
+pub async fn case_a_held_result_is_pending_then_resumed_after_the_lease(t: &TestStore) {
+    let store = t.store();
+    let short = t.time().short_ttl();
+    let first = acquire(store, &alice(), &fp("a"), short).await;
+    store
+        .hold_pending(&alice(), &first, b"reply-1", short, LONG_TTL)
+        .await
+        .expect("hold_pending");
+    match reserve(store, &alice(), &fp("a"), LONG_TTL).await {
+        Reservation::Pending { lease_remaining } => assert!(
+            lease_remaining > Duration::ZERO && lease_remaining <= short,
+            "lease_remaining {lease_remaining:?} outside (0, {short:?}]"
+        ),
+        other => panic!("expected Pending, got {other:?}"),
+    }
+    t.time().advance(t.time().past_short_ttl()).await;
+    let second = match reserve(store, &alice(), &fp("a"), LONG_TTL).await {
+        Reservation::Resume { lease, pending } => {
+            assert_eq!(pending, b"reply-1");
+            assert_eq!(lease.ttl, LONG_TTL);
+            assert_ne!(lease.token, first);
+            lease.token
+        }
+        other => panic!("expected Resume, got {other:?}"),
+    };
+    // The resumer holds it now: others see it pending again.
+    assert!(matches!(
+        reserve(store, &alice(), &fp("a"), LONG_TTL).await,
+        Reservation::Pending { .. }
+    ));
+    assert_lease_lost(
+        store
+            .complete(&alice(), &first, &response("old"), LONG_TTL)
+            .await,
+        "the first holder's complete after the resume",
+    );
+    store
+        .complete(&alice(), &second, &response("resumed"), LONG_TTL)
+        .await
+        .expect("the resumer's complete");
+    expect_completed(store, &alice(), &fp("a"), &response("resumed")).await;
+}
+
+/// A key with a pending result is never freed by its holder: release fails
+/// with `ResultPending` and the key stays pending, then completes.
+pub async fn case_a_pending_key_is_never_released(t: &TestStore) {
+    let store = t.store();
+    let token = acquire(store, &alice(), &fp("a"), LONG_TTL).await;
+    store
+        .hold_pending(&alice(), &token, b"reply", LONG_TTL, LONG_TTL)
+        .await
+        .expect("hold_pending");
+    let r = store.release(&alice(), &token).await;
+    assert!(
+        matches!(r, Err(IdempotencyError::ResultPending)),
+        "release of a pending key: expected ResultPending, got {r:?}"
+    );
+    assert_lease_lost(
+        store.release(&alice(), &other_token(&token)).await,
+        "release of a pending key with a wrong token",
+    );
+    assert!(matches!(
+        reserve(store, &alice(), &fp("a"), LONG_TTL).await,
+        Reservation::Pending { .. }
+    ));
+    store
+        .complete(&alice(), &token, &response("a"), LONG_TTL)
+        .await
+        .expect("complete");
+    expect_completed(store, &alice(), &fp("a"), &response("a")).await;
+}
+
+/// Holding again renews the lease from then (so a holder that keeps
+/// retrying keeps the key) and replaces the pending result; a holder whose
+/// pending lease ran out may still renew it while nobody has resumed it.
+pub async fn case_hold_pending_renews_the_lease(t: &TestStore) {
+    let store = t.store();
+    let short = t.time().short_ttl();
+    let token = acquire(store, &alice(), &fp("a"), LONG_TTL).await;
+    store
+        .hold_pending(&alice(), &token, b"v1", short, LONG_TTL)
+        .await
+        .expect("first hold");
+    t.time().advance(t.time().past_short_ttl()).await;
+    // Nobody resumed it: the holder's renewal still counts.
+    store
+        .hold_pending(&alice(), &token, b"v2", LONG_TTL, LONG_TTL)
+        .await
+        .expect("renewal after the lease ran out, before any resume");
+    t.time().advance(t.time().past_short_ttl()).await;
+    assert!(
+        matches!(
+            reserve(store, &alice(), &fp("a"), LONG_TTL).await,
+            Reservation::Pending { .. }
+        ),
+        "a renewed lease must still hold the key"
+    );
+    store
+        .complete(&alice(), &token, &response("a"), LONG_TTL)
+        .await
+        .expect("complete after renewal");
+    expect_completed(store, &alice(), &fp("a"), &response("a")).await;
+
+    // Replaced: a resume gets the latest pending result.
+    let k = key("alice", "send-00000002");
+    let token = acquire(store, &k, &fp("a"), LONG_TTL).await;
+    store
+        .hold_pending(&k, &token, b"v1", short, LONG_TTL)
+        .await
+        .expect("hold v1");
+    store
+        .hold_pending(&k, &token, b"v2", short, LONG_TTL)
+        .await
+        .expect("hold v2");
+    t.time().advance(t.time().past_short_ttl()).await;
+    match reserve(store, &k, &fp("a"), LONG_TTL).await {
+        Reservation::Resume { pending, .. } => assert_eq!(pending, b"v2"),
+        other => panic!("expected Resume, got {other:?}"),
+    }
+}
+
+/// `hold_pending` needs the lease: with a wrong token, an absent key, a
+/// lease that expired in flight, a completed key or a pending key resumed by
+/// someone else, it fails with `LeaseLost` and changes nothing.
+pub async fn case_hold_pending_needs_the_lease(t: &TestStore) {
+    let store = t.store();
+    let short = t.time().short_ttl();
+    let hold = |k: ScopedKey, token: LeaseToken| async move {
+        store
+            .hold_pending(&k, &token, b"x", LONG_TTL, LONG_TTL)
+            .await
+    };
+    assert_lease_lost(
+        hold(alice(), LeaseToken([7; 16])).await,
+        "hold on an absent key",
+    );
+    let token = acquire(store, &alice(), &fp("a"), LONG_TTL).await;
+    assert_lease_lost(
+        hold(alice(), other_token(&token)).await,
+        "hold with a wrong token",
+    );
+    expect_in_flight(store, &alice(), &fp("a")).await;
+
+    let k = key("alice", "send-00000002");
+    let expired = acquire(store, &k, &fp("a"), short).await;
+    t.time().advance(t.time().past_short_ttl()).await;
+    assert_lease_lost(hold(k.clone(), expired).await, "hold with an expired lease");
+    acquire(store, &k, &fp("a"), LONG_TTL).await;
+
+    store
+        .complete(&alice(), &token, &response("a"), LONG_TTL)
+        .await
+        .expect("complete");
+    assert_lease_lost(hold(alice(), token).await, "hold once completed");
+    expect_completed(store, &alice(), &fp("a"), &response("a")).await;
+
+    let k = key("alice", "send-00000003");
+    let first = acquire(store, &k, &fp("a"), LONG_TTL).await;
+    store
+        .hold_pending(&k, &first, b"x", short, LONG_TTL)
+        .await
+        .expect("hold");
+    t.time().advance(t.time().past_short_ttl()).await;
+    assert!(matches!(
+        reserve(store, &k, &fp("a"), LONG_TTL).await,
+        Reservation::Resume { .. }
+    ));
+    assert_lease_lost(hold(k.clone(), first).await, "hold after another resumed");
+}
+
+/// A pending key is a mismatch for another request, and the stored pending
+/// result is untouched by it.
+pub async fn case_a_pending_key_keeps_its_fingerprint_and_completes(t: &TestStore) {
+    let store = t.store();
+    let short = t.time().short_ttl();
+    let token = acquire(store, &alice(), &fp("a"), LONG_TTL).await;
+    store
+        .hold_pending(&alice(), &token, b"kept", short, LONG_TTL)
+        .await
+        .expect("hold");
+    assert_eq!(
+        reserve(store, &alice(), &fp("b"), LONG_TTL).await,
+        Reservation::Mismatch
+    );
+    t.time().advance(t.time().past_short_ttl()).await;
+    // Even past the lease, another request cannot resume it.
+    assert_eq!(
+        reserve(store, &alice(), &fp("b"), LONG_TTL).await,
+        Reservation::Mismatch
+    );
+    match reserve(store, &alice(), &fp("a"), LONG_TTL).await {
+        Reservation::Resume { pending, .. } => assert_eq!(pending, b"kept"),
+        other => panic!("expected Resume, got {other:?}"),
+    }
+}
+
+/// A pending result is kept for the keep time given to `hold_pending`, then
+/// the key is free (for any request).
+pub async fn case_a_pending_result_expires_after_its_keep_time(t: &TestStore) {
+    let store = t.store();
+    let short = t.time().short_ttl();
+    let token = acquire(store, &alice(), &fp("a"), LONG_TTL).await;
+    store
+        .hold_pending(&alice(), &token, b"x", short, short)
+        .await
+        .expect("hold");
+    t.time().advance(t.time().past_short_ttl()).await;
+    acquire(store, &alice(), &fp("b"), LONG_TTL).await;
+}
+
+/// `purge_expired` never removes an entry whose time has not passed: in
+/// flight, pending or completed, each is as it was after a purge.
+pub async fn case_purge_removes_nothing_unexpired(t: &TestStore) {
+    let store = t.store();
+    let short = t.time().short_ttl();
+    let in_flight = key("alice", "in-flight-1");
+    let pending = key("alice", "pending-01");
+    let done = key("alice", "completed-1");
+    let gone = key("alice", "expired-01");
+    acquire(store, &in_flight, &fp("a"), LONG_TTL).await;
+    let token = acquire(store, &pending, &fp("a"), LONG_TTL).await;
+    store
+        .hold_pending(&pending, &token, b"p", LONG_TTL, LONG_TTL)
+        .await
+        .expect("hold");
+    let token = acquire(store, &done, &fp("a"), LONG_TTL).await;
+    store
+        .complete(&done, &token, &response("done"), LONG_TTL)
+        .await
+        .expect("complete");
+    let token = acquire(store, &gone, &fp("a"), LONG_TTL).await;
+    store
+        .complete(&gone, &token, &response("gone"), short)
+        .await
+        .expect("complete");
+    t.time().advance(t.time().past_short_ttl()).await;
+    store.purge_expired(1_000).await.expect("purge");
+    expect_in_flight(store, &in_flight, &fp("a")).await;
+    assert!(matches!(
+        reserve(store, &pending, &fp("a"), LONG_TTL).await,
+        Reservation::Pending { .. }
+    ));
+    expect_completed(store, &done, &fp("a"), &response("done")).await;
+    acquire(store, &gone, &fp("b"), LONG_TTL).await;
+}
+
+/// 100 tasks on several threads reserve one orphaned pending key at once:
+/// exactly one resumes it, every other one sees it pending.
+pub async fn case_concurrent_resumes_admit_exactly_one(t: &TestStore) {
+    const TASKS: usize = 100;
+    let short = t.time().short_ttl();
+    let token = acquire(t.store(), &alice(), &fp("a"), LONG_TTL).await;
+    t.store()
+        .hold_pending(&alice(), &token, b"orphan", short, LONG_TTL)
+        .await
+        .expect("hold");
+    t.time().advance(t.time().past_short_ttl()).await;
+    let reservations = reserve_at_once(t, TASKS).await;
+    let mut resumed = Vec::new();
+    let mut pending = 0;
+    for reservation in reservations {
+        match reservation {
+            Ok(Reservation::Resume { lease, pending }) => {
+                assert_eq!(pending, b"orphan");
+                resumed.push(lease.token);
+            }
+            Ok(Reservation::Pending { .. }) => pending += 1,
+            other => panic!("unexpected reservation: {other:?}"),
+        }
+    }
+    assert_eq!(resumed.len(), 1, "{} tasks resumed the key", resumed.len());
+    assert_eq!(pending, TASKS - 1);
+    store_complete_ok(t, &resumed[0]).await;
+}
+
+/// `tasks` tasks on several threads reserve alice's key at the same moment;
+/// their reservations.
+fn reserve_at_once(
+    t: &TestStore,
+    tasks: usize,
+) -> impl Future<Output = Vec<crate::Result<Reservation>>> {
+    let barrier = Arc::new(Barrier::new(tasks));
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let store = t.shared_store();
+            let barrier = Arc::clone(&barrier);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.reserve(&alice(), &fp("a"), LONG_TTL).await
+            })
+        })
+        .collect();
+    async move {
+        let mut out = Vec::with_capacity(handles.len());
+        for handle in handles {
+            out.push(handle.await.expect("task"));
+        }
+        out
+    }
 }
 
 async fn store_complete_ok(t: &TestStore, token: &LeaseToken) {

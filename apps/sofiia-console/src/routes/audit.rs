@@ -13,9 +13,10 @@ use sofiia_audit_store::{AuditQuery, Outcome};
 use sofiia_core_domain::{Cursor, Field, PageLimit, Timestamp, ValidationError};
 
 use super::PageBody;
-use crate::audit::{self, Event, RequestMeta};
+use crate::auditor::Event;
 use crate::auth::deny;
 use crate::problem::ApiError;
+use crate::request::RequestMeta;
 use crate::state::AppState;
 use crate::telemetry::flow_event;
 
@@ -88,13 +89,8 @@ pub(super) async fn read(
         } else {
             "invalid"
         };
-        deny(&state, &req, reason).await?;
-        return Err(ApiError::new(
-            actix_web::http::StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            "a valid audit key is required: X-Audit-Key: <key>",
-        ));
+        deny(&state, &req, reason);
+        return Err(ApiError::unauthorized_audit());
     };
 
     let params = params.into_inner();
@@ -126,23 +122,18 @@ pub(super) async fn read(
     // Audited before anything is read: a read that cannot be recorded is
     // not served.
     let actor = format!("audit-key:{key}");
-    audit::record(
-        &state,
-        &RequestMeta::of(&req),
-        Event::new(&actor, "audit.read", "audit", Outcome::Ok)
-            .status(actix_web::http::StatusCode::OK),
-    )
-    .await?;
-    let page = state.audit.read(&query).await.map_err(|e| {
-        ApiError::new(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "store-unavailable",
-            "Service unavailable",
-            "the audit store is unavailable; retry later",
+    state
+        .auditor
+        .record(
+            &RequestMeta::of(&req),
+            Event::new(&actor, "audit.read", "audit", Outcome::Ok).status(200),
         )
-        .with_retry_after(std::time::Duration::from_secs(1))
-        .with_source(e)
-    })?;
+        .await?;
+    let page = state
+        .auditor
+        .read(&query)
+        .await
+        .map_err(|e| ApiError::store_unavailable("audit store").with_source(e))?;
     flow_event(
         &state.logger,
         &req,

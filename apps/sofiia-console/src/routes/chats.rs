@@ -7,11 +7,11 @@ use slog::o;
 use sofiia_core_domain::{ChatId, ChatTitle, NewChat, NodeId};
 
 use super::{ListQuery, PageBody};
-use crate::audit::{self, Event, RequestMeta};
-use crate::auth::Operator;
+use crate::auditor::Event;
 use crate::problem::ApiError;
+use crate::request::{LogChatId, Operator, RequestMeta};
 use crate::state::AppState;
-use crate::telemetry::{LogChatId, flow_event};
+use crate::telemetry::flow_event;
 use sofiia_audit_store::Outcome;
 
 /// The cursor scope of the chat list.
@@ -63,19 +63,20 @@ pub(super) async fn create(
         })
         .await?;
     req.extensions_mut().insert(LogChatId(chat.id.to_string()));
-    audit::record(
-        &state,
-        &RequestMeta::of(&req),
-        Event::new(
-            operator.0.as_str(),
-            "chat.create",
-            chat.id.as_str(),
-            Outcome::Ok,
+    state
+        .auditor
+        .record(
+            &RequestMeta::of(&req),
+            Event::new(
+                operator.0.as_str(),
+                "chat.create",
+                chat.id.as_str(),
+                Outcome::Ok,
+            )
+            .status(201)
+            .node(chat.node.as_str()),
         )
-        .status(actix_web::http::StatusCode::CREATED)
-        .node(chat.node.as_str()),
-    )
-    .await?;
+        .await?;
     flow_event(
         &state.logger,
         &req,

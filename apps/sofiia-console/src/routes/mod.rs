@@ -1,12 +1,8 @@
 //! HTTP routes: parse, call the domain, map the result.
 
-use actix_web::error::{JsonPayloadError, QueryPayloadError};
-use actix_web::http::StatusCode;
 use actix_web::web;
 
 use crate::problem::ApiError;
-
-pub use system::{GIT_SHA, VERSION};
 
 mod audit;
 mod chats;
@@ -21,10 +17,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(MAX_BODY_BYTES)
-            .error_handler(|e, _| json_error(e).into()),
+            .error_handler(|e, _| ApiError::json_payload(e, MAX_BODY_BYTES).into()),
     )
     .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
-    .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(&e).into()))
+    .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::query_payload(&e).into()))
     .route("/api/health", web::get().to(system::health))
     .route("/api/ready", web::get().to(system::ready))
     .route("/metrics", web::get().to(system::metrics))
@@ -49,33 +45,6 @@ pub async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpRes
         req.method(),
         req.path()
     )))
-}
-
-fn json_error(e: JsonPayloadError) -> ApiError {
-    match e {
-        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "Payload too large",
-                format!("the request body must not exceed {MAX_BODY_BYTES} bytes"),
-            )
-        }
-        JsonPayloadError::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-            "the request body must be JSON with Content-Type: application/json",
-        ),
-        JsonPayloadError::Deserialize(e) => {
-            ApiError::bad_request("invalid-json", format!("the JSON body is invalid: {e}"))
-        }
-        other => ApiError::bad_request("invalid-body", other.to_string()),
-    }
-}
-
-fn query_error(e: &QueryPayloadError) -> ApiError {
-    ApiError::bad_request("invalid-query", format!("the query string is invalid: {e}"))
 }
 
 /// The query of every list endpoint.

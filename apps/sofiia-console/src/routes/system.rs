@@ -3,12 +3,8 @@
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
+use crate::build_info::{GIT_SHA, VERSION};
 use crate::state::AppState;
-
-/// The build's version and git revision.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The git revision the binary was built from, or `unknown`.
-pub const GIT_SHA: &str = env!("SOFIIA_GIT_SHA");
 
 pub(super) async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok", "version": VERSION, "git_sha": GIT_SHA}))

@@ -3,6 +3,9 @@
 //! real HTTP client.
 #![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
+pub mod faults;
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -105,7 +108,10 @@ impl ConsoleBuilder {
             "SOFIIA_AUDIT_KEYS".into(),
             format!("{AUDIT_KEY},{AUDIT_KEY_OLD}"),
         );
-        vars.insert("SOFIIA_SHUTDOWN_TIMEOUT_SECS".into(), "1".into());
+        // Short timeouts, so that a test of a slow node or a stalled store
+        // ends quickly, and a stop waits at most a few seconds.
+        vars.insert("SOFIIA_INFER_TIMEOUT_MS".into(), "5000".into());
+        vars.insert("SOFIIA_STORE_TIMEOUT_MS".into(), "500".into());
         Self {
             vars,
             clock: None,
@@ -180,16 +186,19 @@ impl ConsoleBuilder {
         let settings = Settings::from_vars(&self.vars).unwrap();
         let logs = LogBuf::default();
         let logger = json_logger_sync(logs.clone());
-        let mut state = server::build_state(&settings, logger).await.unwrap();
-        if let Some(clock) = self.clock {
-            state.clock = clock;
-        }
+        let clock = self
+            .clock
+            .unwrap_or_else(|| Arc::new(sofiia_core_domain::SystemClock));
+        let mut stores = server::open_stores(&settings, clock, &logger)
+            .await
+            .unwrap();
         if let Some(audit) = self.audit {
-            state.audit = audit;
+            stores.audit = audit;
         }
         if let Some(index) = self.chat_index {
-            state.chat_index = index;
+            stores.chat_index = index;
         }
+        let state = server::compose(&settings, stores, logger);
         let server = server::start(&settings, state.clone()).unwrap();
         Console {
             base: server.base_url(),
@@ -307,6 +316,29 @@ impl Console {
             Some(serde_json::to_vec(body).unwrap()),
         )
         .await
+    }
+
+    /// Retries a send while it answers 503 `send-not-stored-yet` (its node
+    /// answered, its exchange is being stored), a bounded number of times;
+    /// the first other answer.
+    pub async fn send_until_stored(
+        &self,
+        token: &str,
+        chat: &str,
+        key: &str,
+        body: &Value,
+    ) -> Answer {
+        for _ in 0..200 {
+            let res = self.send(token, chat, key, body).await;
+            let storing = res.status == StatusCode::SERVICE_UNAVAILABLE
+                && res.text.contains("send-not-stored-yet");
+            if !storing {
+                return res;
+            }
+            assert!(res.header("retry-after").is_some(), "{}", res.text);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the send of key {key} was never stored");
     }
 
     pub async fn send_text(&self, chat: &str, key: &str, text: &str) -> Answer {
