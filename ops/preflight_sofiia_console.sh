@@ -44,7 +44,7 @@
 #   disk               free space on the data dir's filesystem: WARN below
 #                      PREFLIGHT_WARN_FREE_MB (default 1024), FAIL below
 #                      PREFLIGHT_FAIL_FREE_MB (default 100)
-#   sqlite FILE        PRAGMA integrity_check of chat-index.db and audit.db
+#   sqlite FILE        PRAGMA integrity_check of chat-index.db, idempotency.db and audit.db
 #                      when present (PREFLIGHT_SQLITE_CHECK=quick_check for a
 #                      faster, shallower check on big files)
 #   audit-verify       `sofiia-console audit-verify`: the hash chain is intact
@@ -325,10 +325,13 @@ else
 fi
 
 # --- sqlite -----------------------------------------------------------------
-for db in chat-index.db audit.db; do
+idem_backend="${cfg_idempotency_backend:-}"
+for db in chat-index.db idempotency.db audit.db; do
   if [ ! -f "$data_dir/$db" ]; then
     if [ "$db" = chat-index.db ] && [ "$chat_backend" != sqlite ]; then
       report SKIP "sqlite $db" "the chat index is $chat_backend"
+    elif [ "$db" = idempotency.db ] && [ "$idem_backend" != sqlite ]; then
+      report SKIP "sqlite $db" "the idempotency keys are on $idem_backend"
     else
       report SKIP "sqlite $db" "not present in $data_dir"
     fi

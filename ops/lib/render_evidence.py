@@ -316,8 +316,11 @@ def main() -> int:
             risks.append("The chat index is in Redis: its durability is Redis's (AOF with `appendfsync everysec` or stricter, `maxmemory-policy noeviction`); on Redis Cluster the whole index lives in one slot.")
         else:
             risks.append("The chat index is in memory: every chat is lost on restart.")
-        if config.get("idempotency_backend") != "redis":
-            risks.append("Idempotency is per instance (`inmemory`): a retry that reaches another instance is sent again; multi-instance needs `SOFIIA_IDEMPOTENCY_BACKEND=redis`.")
+        idem = config.get("idempotency_backend")
+        if idem == "sqlite":
+            risks.append("Idempotency keys are a SQLite file on this host (durable across restarts and crashes): a retry that reaches another instance is sent again; multi-instance needs `SOFIIA_IDEMPOTENCY_BACKEND=redis`.")
+        elif idem != "redis":
+            risks.append("Idempotency is in memory (`inmemory`): keys are lost on restart and may be evicted, after which a retry is sent again; use `sqlite` or `redis`.")
         if config.get("rate_limit_backend") != "redis":
             risks.append("Rate limits are per instance (`inmemory`): multi-instance consistency needs `SOFIIA_RATE_LIMIT_BACKEND=redis`.")
         elif config.get("rate_limit_fail_mode") == "open":
@@ -537,8 +540,8 @@ def main() -> int:
     # N2 Redis A/B
     idem_backend = (config or {}).get("idempotency_backend")
     state, evidence = smoke_row(["redis idempotency A/B"])
-    if state == "NOT RUN" and idem_backend == "inmemory" and smoke_ran:
-        state, evidence = "N/A", "the idempotency backend is inmemory; " + evidence
+    if state == "NOT RUN" and idem_backend in ("inmemory", "sqlite") and smoke_ran:
+        state, evidence = "N/A", f"the idempotency backend is {idem_backend}; " + evidence
     elif state == "NOT RUN" and idem_backend == "redis":
         evidence = "required: the idempotency backend is redis; " + evidence
     rows.append(("N2", "NO-GO if", "Redis idempotency A/B smoke fails", state, evidence))
