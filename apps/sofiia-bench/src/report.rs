@@ -355,10 +355,10 @@ pub(crate) fn audit(r: &AuditReport) -> String {
                 r.events as f64 / r.prune.as_secs_f64().max(1e-9)
             ),
         ),
-        ("`VACUUM` after the prune", secs(r.vacuum)),
-        ("checkpoint (truncate the WAL)", secs(r.checkpoint)),
+        ("incremental vacuum after the prune", secs(r.vacuum)),
+        ("checkpoint (passive)", secs(r.checkpoint)),
         (
-            "file size after prune, VACUUM and checkpoint",
+            "file size after prune, vacuum and checkpoint",
             mib(r.file_bytes_after),
         ),
     ];

@@ -29,6 +29,9 @@ fn a_bad_setting_stops_the_process_naming_the_variable() {
         ("SOFIIA_NODES", "NODA1=ftp://x"),
         ("SOFIIA_CHAT_INDEX_BACKEND", "postgres"),
         ("SOFIIA_OPERATOR_TOKENS", "alice"),
+        // Shorter than the slowest send: a stop would cut sends.
+        ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "30"),
+        ("SOFIIA_IDEMPOTENCY_BACKEND", "disk"),
     ] {
         let out = clean_command()
             .env("SOFIIA_DATA_DIR", dir.path())

@@ -21,6 +21,10 @@ use sofiia_router_stub::StubHandle;
 
 /// A console process on `data` answered by `node`, with short timeouts.
 fn console_process(data: &Path, node: &StubHandle) -> ConsoleProcess {
+    console_process_with(data, node, &[])
+}
+
+fn console_process_with(data: &Path, node: &StubHandle, vars: &[(&str, &str)]) -> ConsoleProcess {
     let mut cmd = clean_command();
     cmd.env("SOFIIA_BIND", "127.0.0.1:0")
         .env("SOFIIA_DATA_DIR", data)
@@ -30,7 +34,8 @@ fn console_process(data: &Path, node: &StubHandle) -> ConsoleProcess {
         .env("SOFIIA_WORKERS", "2")
         .env("SOFIIA_INFER_TIMEOUT_MS", "10000")
         .env("SOFIIA_STORE_TIMEOUT_MS", "1000")
-        .env("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "30");
+        .env("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "30")
+        .envs(vars.iter().copied());
     ConsoleProcess::spawn(cmd)
 }
 
@@ -172,6 +177,102 @@ async fn sigterm_waits_for_a_send_whose_client_went_away_and_stores_it() {
     let body: Value = retry.json().await.unwrap();
     assert_eq!(body["reply"]["text"], "[NODA1] echo: the client hangs up");
     assert_eq!(node.call_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_killed_after_the_node_answered_leaves_the_reply_for_the_next_one() {
+    let node = stub("NODA1").await;
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    // Short timeouts, so that the key's lease (the slowest send's budget
+    // plus 10 s: about 14 s here) runs out within the test.
+    let quick = [
+        ("SOFIIA_INFER_TIMEOUT_MS", "2000"),
+        ("SOFIIA_STORE_TIMEOUT_MS", "200"),
+        ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "5"),
+    ];
+    let mut first = console_process_with(data.path(), &node, &quick);
+    assert_eq!(
+        send(&client, &first.base, "warm-key-0001", "files exist")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // Another process holds the chat index's write lock: the reply is kept
+    // with the key, but the exchange cannot be stored.
+    let blocker = rusqlite::Connection::open(data.path().join("chat-index.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let res = send(
+        &client,
+        &first.base,
+        "crash-key-0001",
+        "kept across a crash",
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.text().await.unwrap().contains("send-not-stored-yet"));
+    assert_eq!(node.call_count(), 2);
+    first.kill();
+    drop(first);
+    blocker.execute_batch("ROLLBACK;").unwrap();
+    drop(blocker);
+
+    // A new console: while the dead one's lease lasts the key is pending
+    // (503); then the retry stores the kept reply, without the node.
+    let second = console_process_with(data.path(), &node, &quick);
+    let mut answer = None;
+    for _ in 0..120 {
+        let retry = send(
+            &client,
+            &second.base,
+            "crash-key-0001",
+            "kept across a crash",
+        )
+        .await;
+        if retry.status() == StatusCode::OK {
+            assert!(replayed(&retry));
+            answer = Some(retry.json::<Value>().await.unwrap());
+            break;
+        }
+        assert_eq!(retry.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(retry.headers().get("retry-after").is_some());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let answer = answer.expect("the kept reply was stored after the lease");
+    assert_eq!(answer["reply"]["text"], "[NODA1] echo: kept across a crash");
+    assert_eq!(node.call_count(), 2, "the node is not called again");
+    assert_eq!(message_count(&client, &second.base, "c1").await, 4);
+    // Its event is written once, marked as resumed.
+    let events: Value = client
+        .get(format!(
+            "{}/api/audit?action=chat.send&actor=alice",
+            second.base
+        ))
+        .header("x-audit-key", AUDIT_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resumed: Vec<&Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["details"]["message_id"] == answer["message"]["id"])
+        .collect();
+    assert_eq!(resumed.len(), 1, "{events}");
+    assert_eq!(resumed[0]["details"]["resumed"], true);
+    // Once stored, it replays like any other.
+    let again = send(
+        &client,
+        &second.base,
+        "crash-key-0001",
+        "kept across a crash",
+    )
+    .await;
+    assert!(replayed(&again));
 }
 
 /// A small tmpfs mounted for one test, unmounted on drop.

@@ -471,11 +471,15 @@ impl IdempotencyStore for SqliteIdempotencyStore {
     }
 
     async fn check(&self) -> Result<()> {
-        self.write(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await
+        // Between batches, outside any transaction: the writer thread and
+        // its connection answer.
+        Ok(self
+            .writer
+            .exclusive(|conn| {
+                conn.query_row("SELECT 1", [], |_| Ok(()))?;
+                Ok::<_, SqliteError>(())
+            })
+            .await?)
     }
 }
 

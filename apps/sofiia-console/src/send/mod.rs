@@ -694,9 +694,12 @@ impl Sender {
             progress.exchange = true;
         }
         if !progress.audited {
-            let message_id = work.message.id.to_string();
-            // A resumed send's holder may have written the event already.
-            let written = resumed
+            // The event may be written already: by the holder this send was
+            // resumed from, or by an earlier attempt that timed out after
+            // handing it to the trail. It is looked up then, not written twice.
+            let maybe_written = resumed || progress.audit_tried;
+            progress.audit_tried = true;
+            let written = maybe_written
                 && parts
                     .auditor
                     .has_event(
@@ -704,7 +707,7 @@ impl Sender {
                         "chat.send",
                         work.message.ts,
                         "message_id",
-                        &message_id,
+                        &work.message.id.to_string(),
                     )
                     .await?;
             if !written {
@@ -854,6 +857,8 @@ enum Stored {
 #[derive(Default)]
 struct Progress {
     exchange: bool,
+    /// Whether an attempt has handed the event to the trail.
+    audit_tried: bool,
     audited: bool,
 }
 
