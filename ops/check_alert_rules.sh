@@ -26,54 +26,12 @@ skip_or_fail() {
   exit 0
 }
 
-tmp=""
-# shellcheck disable=SC2317  # called by the EXIT trap
-cleanup() {
-  if [[ -n "$tmp" ]]; then
-    rm -rf "$tmp"
-  fi
-}
-trap cleanup EXIT
-
-# Fetches the prometheus package into the directory $1 and unpacks it there;
-# fails quietly (apt's output is in $1/apt.log) when it cannot.
-fetch_promtool() {
-  command -v dpkg >/dev/null 2>&1 || return 1
-  (
-    cd "$1"
-    if ! apt-get download prometheus >apt.log 2>&1; then
-      # No package lists yet (a fresh container): refresh them if allowed.
-      [[ "$(id -u)" == "0" ]] || exit 1
-      apt-get update >>apt.log 2>&1 || exit 1
-      apt-get download prometheus >>apt.log 2>&1 || exit 1
-    fi
-    debs=(prometheus_*.deb)
-    [[ -f "${debs[0]}" ]] || exit 1
-    dpkg -x "${debs[0]}" root >>apt.log 2>&1
-  ) || return 1
-  [[ -x "$1/root/usr/bin/promtool" ]]
-}
-
-if [[ -n "${PROMTOOL:-}" ]]; then
-  promtool="$PROMTOOL"
-  [[ -x "$promtool" ]] || skip_or_fail "PROMTOOL=$PROMTOOL is not executable"
-elif command -v promtool >/dev/null 2>&1; then
-  promtool="$(command -v promtool)"
-elif command -v apt-get >/dev/null 2>&1; then
-  echo "promtool is not on PATH; fetching Debian's prometheus package (not installing it)"
-  tmp="$(mktemp -d)"
-  # Readable by apt's unprivileged downloader.
-  chmod 0755 "$tmp"
-  if ! fetch_promtool "$tmp"; then
-    if [[ -f "$tmp/apt.log" ]]; then
-      tail -n 5 "$tmp/apt.log" | sed 's/^/  apt: /'
-    fi
-    skip_or_fail "apt-get download prometheus failed"
-  fi
-  promtool="$tmp/root/usr/bin/promtool"
-else
-  skip_or_fail "not on PATH, and no apt-get to fetch it"
-fi
+# shellcheck source=ops/lib/promtool.sh
+source ops/lib/promtool.sh
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+promtool=""
+find_promtool "$tmp" || skip_or_fail "see above"
 
 echo "promtool: $promtool ($("$promtool" --version 2>&1 | head -n 1))"
 

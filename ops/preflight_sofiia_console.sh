@@ -34,6 +34,9 @@
 #                      (else FAIL)
 #   backends           the chat index, idempotency and rate-limit backends
 #                      (WARN for an in-memory chat index: lost on restart)
+#   cursor-secret      SOFIIA_CURSOR_SECRET set when instances share the Redis
+#                      chat index (WARN otherwise: each instance would refuse
+#                      the others' cursors)
 #   redis              the Redis of the redis backends answers PING
 #                      (SKIP when no backend uses Redis)
 #   node NAME          GET {url}/v1/health answers, like the console's own
@@ -242,6 +245,15 @@ if [ "$chat_backend" = inmemory ]; then
   report WARN backends "$backends: an in-memory chat index loses every chat on restart"
 else
   report PASS backends "$backends"
+fi
+
+# --- cursor-secret ------------------------------------------------------------
+if [ "${cfg_cursor_keys_source:-generated}" = SOFIIA_CURSOR_SECRET ]; then
+  report PASS cursor-secret "${cfg_cursor_keys_count:-1} key(s) from SOFIIA_CURSOR_SECRET"
+elif [ "$chat_backend" = redis ]; then
+  report WARN cursor-secret "SOFIIA_CURSOR_SECRET is unset while the chat index is shared in Redis: each instance signs cursors with its own generated key and refuses the others' (400); set the same SOFIIA_CURSOR_SECRET on every instance"
+else
+  report PASS cursor-secret "generated into $data_dir/cursor-secret (one instance)"
 fi
 
 # --- redis ------------------------------------------------------------------

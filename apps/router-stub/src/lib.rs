@@ -322,6 +322,13 @@ impl StubHandle {
         self.shared.state().calls.len()
     }
 
+    /// How many health checks (`GET /v1/health`) were received.
+    pub fn health_check_count(&self) -> usize {
+        self.shared
+            .health_checks
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Forgets the recorded calls.
     pub fn clear_calls(&self) {
         self.shared.state().calls.clear();
@@ -423,6 +430,7 @@ struct State {
 struct Shared {
     name: NodeId,
     state: Mutex<State>,
+    health_checks: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -437,6 +445,7 @@ impl Shared {
                 },
                 calls: Vec::new(),
             }),
+            health_checks: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -604,6 +613,9 @@ async fn infer_response(
 }
 
 async fn health(shared: web::Data<Shared>) -> HttpResponse {
+    shared
+        .health_checks
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     HttpResponse::Ok().json(json!({ "status": "ok", "node": shared.name }))
 }
 

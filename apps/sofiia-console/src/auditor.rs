@@ -15,12 +15,7 @@ use sofiia_audit_store::{AuditEvent, AuditQuery, DynAuditStore, NewEvent, Outcom
 use sofiia_core_domain::{DynClock, Page, PageLimit, Timestamp, error_chain};
 
 use crate::request::RequestMeta;
-
-/// The metric counting events written, by action (a fixed set).
-pub const EVENTS_WRITTEN: &str = "sofiia_audit_events_total";
-
-/// The metric counting events that could not be written.
-pub const WRITE_FAILURES: &str = "sofiia_audit_write_failures_total";
+use crate::telemetry::{AUDIT_EVENTS_WRITTEN, AUDIT_WRITE_FAILURES};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -145,11 +140,11 @@ impl Auditor {
         };
         match self.within(self.store.append(new)).await {
             Ok(_) => {
-                metrics::counter!(EVENTS_WRITTEN, "action" => action).increment(1);
+                metrics::counter!(AUDIT_EVENTS_WRITTEN, "action" => action).increment(1);
                 Ok(())
             }
             Err(source) => {
-                metrics::counter!(WRITE_FAILURES).increment(1);
+                metrics::counter!(AUDIT_WRITE_FAILURES).increment(1);
                 warn!(
                     self.logger, "audit write failed; refusing the action";
                     "flow" => "audit",

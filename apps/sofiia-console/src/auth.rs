@@ -3,8 +3,11 @@
 //!
 //! [`Operator`] is an extractor: a handler that takes one answers 401 with
 //! `WWW-Authenticate: Bearer` unless the request carries a configured
-//! token. Every refusal is logged and marked ([`Denied`]) for the request
-//! middleware, which writes its `auth.denied` event.
+//! token. Every refusal is counted in `sofiia_auth_denied_total{reason}`
+//! and weighed by [`crate::denials`]: the first of its kind from a source in
+//! a window is logged and marked ([`Denied`]) for the request middleware,
+//! which writes its `auth.denied` event; the later ones are counted into an
+//! aggregate event; a source past its limit is answered 429.
 
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
@@ -12,9 +15,11 @@ use actix_web::{FromRequest, HttpMessage as _, HttpRequest};
 use sofiia_audit_store::Outcome;
 
 use crate::auditor::Event;
+use crate::denials::{Aggregate, Verdict};
 use crate::problem::ApiError;
 use crate::request::{Denied, Operator};
 use crate::state::AppState;
+use crate::telemetry::AUTH_DENIED;
 
 impl FromRequest for Operator {
     type Error = ApiError;
@@ -36,22 +41,59 @@ impl FromRequest for Operator {
                 None => "unknown",
             },
         };
-        deny(state, req, reason);
-        std::future::ready(Err(ApiError::unauthorized_operator()))
+        let refusal = match deny(state, req, reason) {
+            Ok(()) => ApiError::unauthorized_operator(),
+            Err(throttled) => throttled,
+        };
+        std::future::ready(Err(refusal))
     }
 }
 
-/// Logs a refused request and marks it, so that the request middleware
-/// writes its `auth.denied` event before the answer leaves (and answers 503
-/// instead if the event cannot be written).
-pub fn deny(state: &AppState, req: &HttpRequest, reason: &'static str) {
-    crate::telemetry::flow_event(
-        &state.logger,
-        req,
-        "auth",
-        slog::o!("outcome" => "denied", "reason" => reason, "status" => 401),
-    );
-    req.extensions_mut().insert(Denied(reason));
+/// Weighs a refused request (see [`crate::denials`]): `Err` with the 429
+/// to answer when its source is past its limit, else `Ok`, after logging
+/// and marking the request when its refusal is to be recorded in full (the
+/// request middleware then writes its `auth.denied` event before the answer
+/// leaves, and answers 503 instead if the event cannot be written).
+///
+/// # Errors
+///
+/// The 429 problem for a throttled source.
+pub fn deny(state: &AppState, req: &HttpRequest, reason: &'static str) -> Result<(), ApiError> {
+    metrics::counter!(AUTH_DENIED, "reason" => reason).increment(1);
+    let source = req.peer_addr().map(|a| a.ip());
+    match state
+        .denials
+        .note(source, reason, req.path(), std::time::Instant::now())
+    {
+        Verdict::Record => {
+            crate::telemetry::flow_event(
+                &state.logger,
+                req,
+                "auth",
+                slog::o!("outcome" => "denied", "reason" => reason, "status" => 401),
+            );
+            req.extensions_mut().insert(Denied(reason));
+            Ok(())
+        }
+        Verdict::Count => Ok(()),
+        Verdict::Throttle { retry_after } => Err(ApiError::auth_throttled(retry_after)),
+    }
+}
+
+/// The aggregate `auth.denied` event of refusals counted in a window.
+pub fn aggregate_event(aggregate: &Aggregate) -> Event {
+    Event::new(
+        "anonymous",
+        "auth.denied",
+        aggregate.target.as_str(),
+        Outcome::Denied,
+    )
+    .status(401)
+    .detail("reason", aggregate.reason)
+    .detail("count", aggregate.count)
+    .detail("throttled", aggregate.throttled)
+    .detail("window_secs", aggregate.window.as_secs())
+    .detail("aggregated", true)
 }
 
 /// The `auth.denied` event of a refused request (actor `anonymous`: no one

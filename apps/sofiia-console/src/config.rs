@@ -11,13 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deadpool_redis::redis::IntoConnectionInfo as _;
-use sofiia_core_domain::NodeId;
 use sofiia_ratelimit::Quota;
 use sofiia_router_client::NodesConfig;
 
-use sofiia_core_domain::error_chain;
+use sofiia_core_domain::{CursorKeys, NodeId, error_chain};
 
-use crate::credentials::{AuditKeys, OperatorTokens};
+use crate::credentials::{AuditKeys, OperatorTokens, parse_cursor_keys};
 use crate::send::{RateLimitFailMode, Sender};
 
 /// A setting that could not be used.
@@ -158,8 +157,24 @@ pub struct Settings {
     pub audit_keys: AuditKeys,
     /// `SOFIIA_AUDIT_RETENTION_DAYS`: how long audit events are kept.
     pub audit_retention_days: u32,
+    /// `SOFIIA_CURSOR_SECRET`: the keys that sign cursors; `None` generates
+    /// one into the data dir.
+    pub cursor_keys: Option<CursorKeys>,
+    /// `SOFIIA_AUTH_DENIAL_LIMIT`: refused credentials a source may send
+    /// per minute before it is answered 429.
+    pub auth_denial_limit: u32,
     /// `SOFIIA_WORKERS`: HTTP worker threads; `None` uses one per core.
     pub workers: Option<usize>,
+    /// `SOFIIA_CLIENT_REQUEST_TIMEOUT_MS`: how long a client may take to send
+    /// a request's head (its line and headers); past it the answer is 408
+    /// and the connection closes.
+    pub client_request_timeout: Duration,
+    /// `SOFIIA_KEEP_ALIVE_SECS`: how long an idle connection is kept open; 0
+    /// closes every connection after its request.
+    pub keep_alive: Duration,
+    /// `SOFIIA_MAX_CONNECTIONS`: open connections across all workers; past
+    /// it, new connections wait in the listen backlog.
+    pub max_connections: usize,
     /// `SOFIIA_SHUTDOWN_TIMEOUT_SECS`: how long a graceful stop waits for
     /// requests and sends in flight. Never less than
     /// [`Sender::answer_budget`].
@@ -191,7 +206,12 @@ const KNOWN: &[&str] = &[
     "SOFIIA_RATE_LIMIT_FAIL_MODE",
     "SOFIIA_AUDIT_KEYS",
     "SOFIIA_AUDIT_RETENTION_DAYS",
+    "SOFIIA_CURSOR_SECRET",
+    "SOFIIA_AUTH_DENIAL_LIMIT",
     "SOFIIA_WORKERS",
+    "SOFIIA_CLIENT_REQUEST_TIMEOUT_MS",
+    "SOFIIA_KEEP_ALIVE_SECS",
+    "SOFIIA_MAX_CONNECTIONS",
     "SOFIIA_SHUTDOWN_TIMEOUT_SECS",
     "SOFIIA_CONFIG",
 ];
@@ -427,10 +447,42 @@ impl Settings {
         )?)
         .unwrap_or(90);
 
+        let cursor_keys = get("SOFIIA_CURSOR_SECRET")
+            .map(|v| parse_cursor_keys(v).map_err(|e| invalid("SOFIIA_CURSOR_SECRET", e)))
+            .transpose()?;
+
+        let auth_denial_limit = u32::try_from(parse_u64(
+            get("SOFIIA_AUTH_DENIAL_LIMIT"),
+            "SOFIIA_AUTH_DENIAL_LIMIT",
+            30,
+            1..=1_000_000,
+        )?)
+        .unwrap_or(u32::MAX);
+
         let workers = get("SOFIIA_WORKERS")
             .map(|v| parse_u64(Some(v), "SOFIIA_WORKERS", 0, 1..=1024))
             .transpose()?
             .map(|n| usize::try_from(n).unwrap_or(1024));
+
+        let client_request_timeout = Duration::from_millis(parse_u64(
+            get("SOFIIA_CLIENT_REQUEST_TIMEOUT_MS"),
+            "SOFIIA_CLIENT_REQUEST_TIMEOUT_MS",
+            5_000,
+            100..=60_000,
+        )?);
+        let keep_alive = Duration::from_secs(parse_u64(
+            get("SOFIIA_KEEP_ALIVE_SECS"),
+            "SOFIIA_KEEP_ALIVE_SECS",
+            5,
+            0..=300,
+        )?);
+        let max_connections = usize::try_from(parse_u64(
+            get("SOFIIA_MAX_CONNECTIONS"),
+            "SOFIIA_MAX_CONNECTIONS",
+            10_000,
+            1..=1_000_000,
+        )?)
+        .unwrap_or(usize::MAX);
 
         // A graceful stop must let the slowest send be answered.
         let budget = Sender::answer_budget(infer_timeout, store_timeout);
@@ -483,7 +535,12 @@ impl Settings {
             rate_limit_fail_mode,
             audit_keys,
             audit_retention_days,
+            cursor_keys,
+            auth_denial_limit,
             workers,
+            client_request_timeout,
+            keep_alive,
+            max_connections,
             shutdown_timeout,
             unknown_variables,
         })
@@ -674,6 +731,11 @@ mod tests {
             ("SOFIIA_AUDIT_KEYS", ""),
             ("SOFIIA_AUDIT_KEYS", "a,a"),
             ("SOFIIA_AUDIT_RETENTION_DAYS", "0"),
+            ("SOFIIA_CURSOR_SECRET", "too-short"),
+            ("SOFIIA_AUTH_DENIAL_LIMIT", "0"),
+            ("SOFIIA_CLIENT_REQUEST_TIMEOUT_MS", "50"),
+            ("SOFIIA_KEEP_ALIVE_SECS", "301"),
+            ("SOFIIA_MAX_CONNECTIONS", "0"),
         ] {
             assert_eq!(error_variable(&[(var, bad)]), var, "{var}={bad:?}");
         }

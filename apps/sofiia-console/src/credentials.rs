@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
-use sofiia_core_domain::OperatorId;
+use sofiia_core_domain::{CursorKeys, OperatorId};
 use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
 /// Why `SOFIIA_OPERATOR_TOKENS` was rejected. Never holds a token.
@@ -285,17 +285,62 @@ pub const DEV_OPERATOR: &str = "dev";
 /// An I/O error if the file cannot be read or written.
 pub fn dev_tokens(data_dir: &Path) -> std::io::Result<(OperatorTokens, PathBuf)> {
     let path = data_dir.join(DEV_TOKEN_FILE);
-    let token = match std::fs::read_to_string(&path) {
-        Ok(existing) if !existing.trim().is_empty() => existing.trim().to_owned(),
-        Ok(_) => write_new_token(&path)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_new_token(&path)?,
-        Err(e) => return Err(e),
-    };
+    let token = generated_secret(&path)?;
     let operator = OperatorId::new(DEV_OPERATOR).map_err(std::io::Error::other)?;
     Ok((OperatorTokens::single(operator, &token), path))
 }
 
-fn write_new_token(path: &Path) -> std::io::Result<String> {
+/// Where the generated cursor key lives inside the data dir.
+pub const CURSOR_SECRET_FILE: &str = "cursor-secret";
+
+/// Parses `SOFIIA_CURSOR_SECRET`: `NEW,OLD`, each at least 32 visible ASCII
+/// characters; the first signs cursors, every one verifies them.
+///
+/// # Errors
+///
+/// A message naming the entry that is wrong (never a key).
+pub fn parse_cursor_keys(s: &str) -> Result<CursorKeys, String> {
+    let mut keys = Vec::new();
+    for (i, key) in s.split(',').enumerate() {
+        let key = key.trim();
+        if !valid_secret(key) || key.len() < CursorKeys::MIN_KEY_LEN {
+            return Err(format!(
+                "entry {}: a key must be at least {} visible ASCII characters",
+                i + 1,
+                CursorKeys::MIN_KEY_LEN
+            ));
+        }
+        keys.push(key.to_owned());
+    }
+    CursorKeys::new(keys).map_err(|e| e.to_string())
+}
+
+/// Loads the cursor key from `data_dir`, generating it on first use
+/// (readable by the owner only): cursors of one console stay valid across
+/// its restarts. Returns the keys and the file's path.
+///
+/// # Errors
+///
+/// An I/O error if the file cannot be read or written.
+pub fn generated_cursor_keys(data_dir: &Path) -> std::io::Result<(CursorKeys, PathBuf)> {
+    let path = data_dir.join(CURSOR_SECRET_FILE);
+    let secret = generated_secret(&path)?;
+    let keys = CursorKeys::new([secret]).map_err(std::io::Error::other)?;
+    Ok((keys, path))
+}
+
+/// The secret in `path`, generated (64 hex digits) if the file is missing
+/// or empty.
+fn generated_secret(path: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(existing) if !existing.trim().is_empty() => Ok(existing.trim().to_owned()),
+        Ok(_) => write_new_secret(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_new_secret(path),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_new_secret(path: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -396,6 +441,30 @@ mod tests {
             Err(AuditKeysError::Duplicate(2))
         ));
         assert!(!format!("{keys:?}").contains("key-new"));
+    }
+
+    #[test]
+    fn cursor_keys_rotate_and_the_generated_one_persists() {
+        let keys = parse_cursor_keys(&format!("{},{}", "n".repeat(32), "o".repeat(40))).unwrap();
+        assert!(!format!("{keys:?}").contains("nnnn"));
+        for bad in ["", "short", &format!("{},", "n".repeat(32)), "a b"] {
+            assert!(parse_cursor_keys(bad).is_err(), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (first, path) = generated_cursor_keys(dir.path()).unwrap();
+        let (again, _) = generated_cursor_keys(dir.path()).unwrap();
+        let c = sofiia_core_domain::Cursor::new(sofiia_core_domain::Timestamp::MIN, "x");
+        assert_eq!(again.decode(&first.encode(&c, "s"), "s").unwrap(), c);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "the key file must not be readable by others"
+            );
+        }
     }
 
     #[test]

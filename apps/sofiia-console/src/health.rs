@@ -1,19 +1,93 @@
 //! Backend and node probes, shared by `/api/ready` and the background
 //! prober that keeps `sofiia_backend_up` and `sofiia_node_up` current for
 //! alerting.
+//!
+//! Probes are cached for [`FRESH_FOR`] and run by one caller at a time
+//! (the others wait for its result): however often `/api/ready` is called,
+//! each node and store is probed at most once a second.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::{Map, Value, json};
-
-use crate::state::AppState;
+use sofiia_audit_store::DynAuditStore;
+use sofiia_chat_index::DynChatIndexStore;
+use sofiia_idempotency::DynIdempotencyStore;
+use sofiia_ratelimit::DynRateLimiter;
+use sofiia_router_client::DynNodeRouter;
+use tokio::sync::Mutex;
 
 /// How long one check may take before it counts as failed.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often the background prober runs.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How long a probe's result is answered again instead of probing anew.
+pub const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// Which backend serves each store, as named in the configuration
+/// (`sqlite`, `inmemory`, `redis`); reported by `/api/ready`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backends {
+    /// The chat index.
+    pub chat_index: &'static str,
+    /// Idempotency keys.
+    pub idempotency: &'static str,
+    /// Rate-limit buckets.
+    pub rate_limiter: &'static str,
+    /// The audit trail.
+    pub audit: &'static str,
+}
+
+/// What is probed.
+#[derive(Debug, Clone)]
+pub struct Probed {
+    /// Chats and messages.
+    pub chat_index: Arc<DynChatIndexStore>,
+    /// Idempotency keys.
+    pub idempotency: Arc<DynIdempotencyStore>,
+    /// Rate-limit buckets.
+    pub rate_limiter: Arc<DynRateLimiter>,
+    /// The audit trail.
+    pub audit: Arc<DynAuditStore>,
+    /// The nodes.
+    pub router: Arc<DynNodeRouter>,
+    /// How each store is named.
+    pub backends: Backends,
+}
+
+/// Probes, cached and single-flighted.
+#[derive(Debug)]
+pub struct Readiness {
+    probed: Probed,
+    last: Mutex<Option<(Instant, Health)>>,
+}
+
+impl Readiness {
+    /// Probes of `probed`.
+    pub fn new(probed: Probed) -> Self {
+        Self {
+            probed,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The latest result if it is fresh, else a new probe round (which the
+    /// callers meanwhile wait for, rather than probing too).
+    pub async fn current(&self) -> Health {
+        let mut last = self.last.lock().await;
+        if let Some((at, health)) = last.as_ref()
+            && at.elapsed() < FRESH_FOR
+        {
+            return health.clone();
+        }
+        let health = probe(&self.probed).await;
+        *last = Some((Instant::now(), health.clone()));
+        health
+    }
+}
 
 /// The result of one probe round.
 #[derive(Debug, Clone)]
@@ -42,12 +116,12 @@ fn up(v: &Value) -> f64 {
 }
 
 /// Checks every backend and node concurrently and updates the gauges.
-pub async fn probe(state: &AppState) -> Health {
+async fn probe(state: &Probed) -> Health {
     let (chat_index, idempotency, rate_limiter, audit) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, state.chat_index.check()),
-        tokio::time::timeout(CHECK_TIMEOUT, state.idempotency.store().check()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.idempotency.check()),
         tokio::time::timeout(CHECK_TIMEOUT, state.rate_limiter.ping()),
-        tokio::time::timeout(CHECK_TIMEOUT, state.auditor.store().check()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.audit.check()),
     );
     let b = state.backends;
     let mut checks = Map::new();
@@ -84,10 +158,10 @@ pub async fn probe(state: &AppState) -> Health {
 }
 
 /// Probes every [`PROBE_INTERVAL`] until the task is aborted.
-pub async fn run_prober(state: AppState) {
+pub async fn run_prober(readiness: Arc<Readiness>) {
     let mut interval = tokio::time::interval(PROBE_INTERVAL);
     loop {
         interval.tick().await;
-        probe(&state).await;
+        readiness.current().await;
     }
 }

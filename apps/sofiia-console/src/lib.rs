@@ -6,7 +6,8 @@
 //! [`server::start`]; end-to-end tests and embedders use the same functions.
 //!
 //! Modules import in one direction. At the bottom, leaves that import no
-//! other module of the crate: [`build_info`], [`credentials`], [`request`];
+//! other module of the crate: [`build_info`], [`credentials`], [`denials`],
+//! [`request`];
 //! then [`telemetry`] (logs, metrics) and [`auditor`] (the audit trail);
 //! the send workflow, [`send`]; the settings, [`config`]; the shared
 //! [`state`] and the [`health`] probes; [`problem`], where every error
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod build_info;
 pub mod config;
 pub mod credentials;
+pub mod denials;
 pub mod health;
 pub mod middleware;
 pub mod problem;

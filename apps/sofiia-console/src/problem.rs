@@ -157,6 +157,17 @@ impl ApiError {
         .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
     }
 
+    /// 429 for a source that sent too many refused credentials.
+    pub fn auth_throttled(retry_after: Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "auth-throttled",
+            "Too many refused credentials",
+            "too many requests with missing or wrong credentials came from this address; retry after Retry-After seconds",
+        )
+        .with_retry_after(retry_after)
+    }
+
     /// 401 for a missing or unknown audit key.
     pub fn unauthorized_audit() -> Self {
         Self::new(
@@ -266,28 +277,44 @@ impl ApiError {
 
     /// The body and headers, with the request's id.
     pub fn to_response(&self, request_id: Option<&str>) -> HttpResponse {
-        let mut body = Map::new();
-        body.insert(
-            "type".into(),
-            format!("{TYPE_PREFIX}{}", self.0.slug).into(),
-        );
-        body.insert("title".into(), self.0.title.into());
-        body.insert("status".into(), self.0.status.as_u16().into());
-        body.insert("detail".into(), self.0.detail.clone().into());
-        body.insert(
-            "request_id".into(),
-            request_id.map_or(Value::Null, |id| id.into()),
-        );
-        for (k, v) in &self.0.extensions {
-            body.insert(k.clone(), v.clone());
-        }
+        let body = ProblemDocument {
+            problem_type: format!("{TYPE_PREFIX}{}", self.0.slug),
+            title: self.0.title,
+            status: self.0.status.as_u16(),
+            detail: self.0.detail.clone(),
+            request_id: request_id.map(str::to_owned),
+            extensions: self.0.extensions.clone(),
+        };
         let mut res = HttpResponse::build(self.0.status);
         res.content_type(PROBLEM_JSON);
         for (name, value) in &self.0.headers {
             res.insert_header((name.clone(), value.clone()));
         }
-        res.body(Value::Object(body).to_string())
+        res.body(serde_json::to_string(&body).unwrap_or_default())
     }
+}
+
+/// An RFC 9457 problem document: the body of every error answer, as
+/// `application/problem+json`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ProblemDocument {
+    /// `urn:sofiia:problem:` and a slug naming the problem (see docs/api.md).
+    #[serde(rename = "type")]
+    #[schema(pattern = "^urn:sofiia:problem:[a-z-]+$")]
+    pub problem_type: String,
+    /// A short summary of the problem type.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// The request's id, as in `X-Request-Id`.
+    pub request_id: Option<String>,
+    /// More members for some problems: `field` (the input at fault),
+    /// `scope` and `scopes` (a spent quota), `node` (a failed node).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extensions: Map<String, Value>,
 }
 
 impl ResponseError for ApiError {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use slog::{Logger, error, info, warn};
 use sofiia_audit_store::{DynAuditStore, SqliteAuditStore};
 use sofiia_chat_index::{DynChatIndexStore, MemoryChatIndex, RedisChatIndex, SqliteChatIndex};
-use sofiia_core_domain::{DynClock, SystemClock, error_chain};
+use sofiia_core_domain::{CursorKeys, DynClock, SystemClock, error_chain};
 use sofiia_idempotency::{
     DynIdempotencyStore, Idempotency, MemoryIdempotencyStore, RedisIdempotencyStore,
     SqliteIdempotencyStore,
@@ -23,11 +23,14 @@ use sofiia_router_client::{DynNodeRouter, EchoRouter, HttpRouter, Instrumented};
 use crate::auditor::Auditor;
 use crate::build_info::{GIT_SHA, VERSION};
 use crate::config::{ChatIndexBackend, IdempotencyBackend, Settings, SharedBackend};
-use crate::credentials::{OperatorTokens, dev_tokens};
+use crate::credentials::{OperatorTokens, dev_tokens, generated_cursor_keys};
+use crate::denials::Denials;
+use crate::health::{Backends, Probed, Readiness};
 use crate::middleware::request_middleware;
+use crate::request::RequestMeta;
 use crate::routes;
 use crate::send::{Quotas, SendParts, Sender};
-use crate::state::{AppState, Backends};
+use crate::state::AppState;
 use crate::telemetry::metrics_handle;
 
 /// Why the console could not start.
@@ -86,6 +89,8 @@ pub struct Stores {
     pub router: Arc<DynNodeRouter>,
     /// Who may call the operator endpoints.
     pub operators: OperatorTokens,
+    /// The keys that sign cursors.
+    pub cursor_keys: CursorKeys,
     /// Where "now" comes from.
     pub clock: Arc<DynClock>,
 }
@@ -130,6 +135,19 @@ pub async fn open_stores(
                 "token_file" => path.display().to_string(),
             );
             tokens
+        }
+    };
+
+    let cursor_keys = match &settings.cursor_keys {
+        Some(keys) => keys.clone(),
+        None => {
+            let (keys, path) = generated_cursor_keys(&settings.data_dir).map_err(data_dir_error)?;
+            info!(
+                logger,
+                "SOFIIA_CURSOR_SECRET is unset: cursors are signed with a key generated into the data dir; instances that page each other's lists need a shared SOFIIA_CURSOR_SECRET";
+                "key_file" => path.display().to_string(),
+            );
+            keys
         }
     };
 
@@ -254,6 +272,7 @@ pub async fn open_stores(
         audit,
         router,
         operators,
+        cursor_keys,
         clock,
     })
 }
@@ -268,9 +287,13 @@ const LEASE_MARGIN: Duration = Duration::from_secs(10);
 pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState {
     let lease_ttl =
         Sender::answer_budget(settings.infer_timeout, settings.store_timeout) + LEASE_MARGIN;
-    let idempotency = Idempotency::new(stores.idempotency, lease_ttl, settings.idempotency_ttl);
+    let idempotency = Idempotency::new(
+        stores.idempotency.clone(),
+        lease_ttl,
+        settings.idempotency_ttl,
+    );
     let auditor = Auditor::new(
-        stores.audit,
+        stores.audit.clone(),
         stores.clock.clone(),
         logger.clone(),
         settings.store_timeout,
@@ -293,7 +316,7 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
 
     let metrics = metrics_handle();
     // Present from the start, so dashboards and alerts see a zero, not a gap.
-    metrics::counter!(crate::auditor::WRITE_FAILURES).increment(0);
+    metrics::counter!(crate::telemetry::AUDIT_WRITE_FAILURES).increment(0);
     metrics::counter!(sofiia_idempotency::EVICTIONS_METRIC).increment(0);
     metrics::gauge!(
         "sofiia_build_info",
@@ -302,24 +325,38 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
     )
     .set(1.0);
 
-    AppState {
-        chat_index: stores.chat_index,
-        router: stores.router,
-        idempotency,
-        rate_limiter: stores.rate_limiter,
-        sender,
-        auditor,
-        audit_keys: settings.audit_keys.clone(),
-        clock: stores.clock,
-        operators: stores.operators,
+    let readiness = Arc::new(Readiness::new(Probed {
+        chat_index: stores.chat_index.clone(),
+        idempotency: stores.idempotency.clone(),
+        rate_limiter: stores.rate_limiter.clone(),
+        audit: stores.audit.clone(),
+        router: stores.router.clone(),
         backends: Backends {
             chat_index: settings.chat_index_backend.as_str(),
             idempotency: settings.idempotency_backend.as_str(),
             rate_limiter: settings.rate_limit_backend.as_str(),
             audit: "sqlite",
         },
+    }));
+
+    let openapi = routes::openapi::document(stores.router.nodes());
+    let openapi = actix_web::web::Bytes::from(serde_json::to_vec(&openapi).unwrap_or_default());
+
+    AppState {
+        chat_index: stores.chat_index,
+        router: stores.router,
+        idempotency,
+        sender,
+        auditor,
+        audit_keys: settings.audit_keys.clone(),
+        cursor_keys: stores.cursor_keys,
+        denials: Arc::new(Denials::new(settings.auth_denial_limit)),
+        clock: stores.clock,
+        operators: stores.operators,
+        readiness,
         logger,
         metrics,
+        openapi,
     }
 }
 
@@ -387,6 +424,8 @@ pub struct RunningServer {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     background: Vec<tokio::task::AbortHandle>,
     sender: Sender,
+    denials: Arc<Denials>,
+    auditor: Auditor,
     shutdown_timeout: Duration,
     logger: Logger,
 }
@@ -420,6 +459,8 @@ impl RunningServer {
         for task in &self.background {
             task.abort();
         }
+        // Refusals counted but not written yet go into the trail now.
+        write_denials(&self.denials, &self.auditor, true).await;
         if unfinished > 0 {
             error!(
                 self.logger,
@@ -477,6 +518,34 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
+/// How often refusals counted in windows that ended are written.
+const DENIALS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Writes the aggregate `auth.denied` events of windows that ended (of
+/// every window, with `all`).
+async fn write_denials(denials: &Denials, auditor: &Auditor, all: bool) {
+    for aggregate in denials.drain(std::time::Instant::now(), all) {
+        let meta = RequestMeta {
+            source_ip: aggregate.source,
+            ..RequestMeta::default()
+        };
+        // A failure is counted and logged by the auditor; the counts are
+        // lost then, as the refusals themselves were answered already.
+        let _ = auditor
+            .record(&meta, crate::auth::aggregate_event(&aggregate))
+            .await;
+    }
+}
+
+/// Writes refusals every [`DENIALS_INTERVAL`], until aborted.
+async fn run_denials_writer(denials: Arc<Denials>, auditor: Auditor) {
+    let mut interval = tokio::time::interval(DENIALS_INTERVAL);
+    loop {
+        interval.tick().await;
+        write_denials(&denials, &auditor, false).await;
+    }
+}
+
 /// Removes expired idempotency keys every [`PURGE_INTERVAL`], until aborted.
 async fn run_janitor(idempotency: Idempotency, logger: Logger) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);
@@ -512,18 +581,34 @@ pub fn start(settings: &Settings, state: AppState) -> Result<RunningServer, Star
     let addr = listener.local_addr().map_err(bind_error)?;
     let logger = state.logger.clone();
     let sender = state.sender.clone();
+    let denials = state.denials.clone();
+    let auditor = state.auditor.clone();
     let background = vec![
-        tokio::spawn(crate::health::run_prober(state.clone())).abort_handle(),
+        tokio::spawn(crate::health::run_prober(state.readiness.clone())).abort_handle(),
         tokio::spawn(run_janitor(state.idempotency.clone(), logger.clone())).abort_handle(),
+        tokio::spawn(run_denials_writer(denials.clone(), auditor.clone())).abort_handle(),
     ];
-    let mut server = HttpServer::new(move || build_app(state.clone()))
+    let workers = settings
+        .workers
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
+    // Limits a reverse proxy would otherwise have to supply: a client that
+    // sends its head slowly is cut off (408), idle connections close, and
+    // connections are capped (actix-web counts them per worker). Request
+    // heads are capped by actix-web itself: 96 headers, 128 KiB (431).
+    let server = HttpServer::new(move || build_app(state.clone()))
         .disable_signals()
+        .workers(workers)
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        .client_request_timeout(settings.client_request_timeout)
+        .keep_alive(if settings.keep_alive.is_zero() {
+            actix_web::http::KeepAlive::Disabled
+        } else {
+            actix_web::http::KeepAlive::Timeout(settings.keep_alive)
+        })
+        .max_connections(settings.max_connections.div_ceil(workers).max(1))
         .listen(listener)
         .map_err(bind_error)?;
-    if let Some(workers) = settings.workers {
-        server = server.workers(workers);
-    }
     let server = server.run();
     let handle = server.handle();
     let task = tokio::spawn(server);
@@ -534,6 +619,8 @@ pub fn start(settings: &Settings, state: AppState) -> Result<RunningServer, Star
         task,
         background,
         sender,
+        denials,
+        auditor,
         shutdown_timeout: settings.shutdown_timeout,
         logger,
     })

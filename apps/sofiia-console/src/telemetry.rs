@@ -62,6 +62,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             let _ = metrics::set_global_recorder(recorder);
+            describe_metrics();
             // Histograms buffer samples until upkeep folds them in; without
             // this a console nobody scrapes would grow without bound.
             let upkeep = handle.clone();
@@ -77,6 +78,85 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// The console's metrics, each with its HELP text and unit, so that
+/// `/metrics` passes `promtool check metrics`. Names are fixed by the
+/// contract; labels are bounded.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use sofiia_router_client::{INFER_DURATION_SECONDS, INFER_TOTAL};
+    describe_counter!(
+        "sofiia_http_requests_total",
+        Unit::Count,
+        "HTTP requests answered, by method, route template and status."
+    );
+    describe_histogram!(
+        "sofiia_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's arrival to its answer, by method and route template."
+    );
+    describe_counter!(
+        "sofiia_idempotency_total",
+        Unit::Count,
+        "Sends by what their Idempotency-Key found: new, replay, conflict, mismatch or error."
+    );
+    describe_counter!(
+        sofiia_idempotency::EVICTIONS_METRIC,
+        Unit::Count,
+        "Answers the inmemory idempotency backend dropped before their TTL to stay within its bounds."
+    );
+    describe_counter!(
+        "sofiia_ratelimit_total",
+        Unit::Count,
+        "Quota decisions of sends, by scope (chat, operator) and outcome (allowed, rejected)."
+    );
+    describe_counter!(
+        INFER_TOTAL,
+        Unit::Count,
+        "Infer calls to nodes, by node and outcome."
+    );
+    describe_histogram!(
+        INFER_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time an infer call took, by node."
+    );
+    describe_counter!(
+        AUDIT_EVENTS_WRITTEN,
+        Unit::Count,
+        "Audit events written, by action."
+    );
+    describe_counter!(
+        AUDIT_WRITE_FAILURES,
+        Unit::Count,
+        "Audit events that could not be written; each refused its action with 503."
+    );
+    describe_counter!(
+        AUTH_DENIED,
+        Unit::Count,
+        "Requests refused for their credentials, by reason."
+    );
+    describe_gauge!(
+        "sofiia_backend_up",
+        "Whether a store answered its last probe (1) or not (0), by backend."
+    );
+    describe_gauge!(
+        "sofiia_node_up",
+        "Whether a node answered its last probe (1) or not (0), by node."
+    );
+    describe_gauge!(
+        "sofiia_build_info",
+        "Always 1; the labels name the running build's version and git revision."
+    );
+}
+
+/// The metric counting audit events written, by action (a fixed set).
+pub const AUDIT_EVENTS_WRITTEN: &str = "sofiia_audit_events_total";
+
+/// The metric counting audit events that could not be written.
+pub const AUDIT_WRITE_FAILURES: &str = "sofiia_audit_write_failures_total";
+
+/// The metric counting refused credentials, by reason.
+pub const AUTH_DENIED: &str = "sofiia_auth_denied_total";
 
 /// Writes one flow event: `flow`, the request's id, operator and chat, the
 /// time since the request arrived (`latency_ms`), and `kv`. Never pass

@@ -638,6 +638,14 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
         },
         "audit_keys": {"count": settings.audit_keys.len(), "shortest": settings.audit_keys.shortest()},
         "audit_retention_days": settings.audit_retention_days,
+        "cursor_keys": match &settings.cursor_keys {
+            Some(keys) => json!({"source": "SOFIIA_CURSOR_SECRET", "count": keys.len()}),
+            None => json!({"source": "generated", "count": 1}),
+        },
+        "auth_denial_limit": settings.auth_denial_limit,
+        "client_request_timeout_ms": settings.client_request_timeout.as_millis() as u64,
+        "keep_alive_secs": settings.keep_alive.as_secs(),
+        "max_connections": settings.max_connections,
         "chat_index_backend": settings.chat_index_backend.as_str(),
         "idempotency_backend": settings.idempotency_backend.as_str(),
         "idempotency_ttl_secs": settings.idempotency_ttl.as_secs(),
@@ -839,19 +847,33 @@ mod tests {
             "token-alice-0123456789abcdef".len()
         );
         assert_eq!(report["audit_keys"]["count"], 1);
+        assert_eq!(report["cursor_keys"]["source"], "generated");
+        assert_eq!(report["auth_denial_limit"], 30);
+        assert_eq!(report["client_request_timeout_ms"], 5000);
+        assert_eq!(report["keep_alive_secs"], 5);
+        assert_eq!(report["max_connections"], 10_000);
         assert_eq!(report["chat_index_backend"], "sqlite");
         assert_eq!(report["default_node"], "echo");
         let mut redis_vars = vars.clone();
         redis_vars.insert("SOFIIA_CHAT_INDEX_BACKEND".to_owned(), "redis".to_owned());
         redis_vars.remove("SOFIIA_IDEMPOTENCY_BACKEND");
+        redis_vars.insert(
+            "SOFIIA_CURSOR_SECRET".to_owned(),
+            "cursor-key-new-0123456789abcdef0123,cursor-key-old-0123456789abcdef0123".to_owned(),
+        );
         let redis_report = config_report(&Settings::from_vars(&redis_vars).unwrap()).unwrap();
         assert_eq!(redis_report["chat_index_backend"], "redis");
         assert_eq!(redis_report["idempotency_backend"], "sqlite");
+        assert_eq!(
+            redis_report["cursor_keys"]["source"],
+            "SOFIIA_CURSOR_SECRET"
+        );
+        assert_eq!(redis_report["cursor_keys"]["count"], 2);
         assert_eq!(report["store_timeout_ms"], 2000);
         assert_eq!(report["shutdown_timeout_secs"], 43);
         assert_eq!(redis_report["redis_url"], "redis://***@127.0.0.1:6379");
         let text = format!("{report}{redis_report}");
-        for secret in ["token-alice", "audit-key-0123", "hunter2"] {
+        for secret in ["token-alice", "audit-key-0123", "hunter2", "cursor-key"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
     }

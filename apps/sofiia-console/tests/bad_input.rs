@@ -271,8 +271,16 @@ async fn missing_or_wrong_tokens_are_401_with_bearer_challenge() {
         console.get("/api/chats", ALICE).await.json()["items"],
         json!([])
     );
+    // The first refusal of each reason from an address is logged (the rest
+    // are counted into the trail's aggregate events), and every one is
+    // counted by reason.
     let denied = console.logs.flows("auth");
-    assert!(denied.len() >= 8, "every denial is logged: {denied:?}");
+    let mut reasons: Vec<&str> = denied.iter().filter_map(|l| l["reason"].as_str()).collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    assert_eq!(reasons, ["malformed", "missing", "unknown"], "{denied:?}");
+    let counted = console.metric("sofiia_auth_denied_total", &[]).await;
+    assert!(counted >= 8.0, "{counted} denials counted");
     assert!(
         !console.logs.text().contains("wrong-token"),
         "tokens never reach the log"

@@ -5,9 +5,6 @@
 //! node once however the sends are spread.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -19,15 +16,15 @@ use tempfile::TempDir;
 
 mod common;
 
+use common::process::{ConsoleProcess, clean_command};
 use common::{ALICE, AUDIT_KEY, BOB, stub, stub_with};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sofiia-console");
 
 /// A console process of its own, with a data dir of its own (its audit
 /// trail is per instance) and every Redis backend on the test Redis under
-/// the context's prefix. Killed on drop.
+/// the context's prefix, with the cursor secret the instances share.
+/// Killed on drop.
 struct Instance {
-    child: Child,
+    _process: ConsoleProcess,
     base: String,
     client: reqwest::Client,
     _dir: TempDir,
@@ -36,12 +33,7 @@ struct Instance {
 impl Instance {
     fn start(redis: &RedisTestContext, node: &StubHandle, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SOFIIA_") {
-                cmd.env_remove(key);
-            }
-        }
+        let mut cmd = clean_command();
         cmd.env("SOFIIA_BIND", "127.0.0.1:0")
             .env("SOFIIA_DATA_DIR", dir.path())
             .env("SOFIIA_WORKERS", "2")
@@ -55,38 +47,18 @@ impl Instance {
             .env("SOFIIA_REDIS_PREFIX", &redis.prefix)
             .env("SOFIIA_CHAT_INDEX_BACKEND", "redis")
             .env("SOFIIA_IDEMPOTENCY_BACKEND", "redis")
-            .env("SOFIIA_RATE_LIMIT_BACKEND", "redis");
+            .env("SOFIIA_RATE_LIMIT_BACKEND", "redis")
+            .env(
+                "SOFIIA_CURSOR_SECRET",
+                "the-cursor-secret-these-instances-share",
+            );
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // The reader drains stdout for the process's whole life, so its log
-        // lines never fill the pipe.
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<Value>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("the console never logged `listening`");
-            if line["msg"] == "listening" {
-                break line["addr"].as_str().unwrap().to_owned();
-            }
-        };
+        let process = ConsoleProcess::spawn(cmd);
         Self {
-            child,
-            base: format!("http://{addr}"),
+            base: process.base.clone(),
+            _process: process,
             client: reqwest::Client::new(),
             _dir: dir,
         }
@@ -151,13 +123,6 @@ impl Instance {
                 return pages;
             }
         }
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

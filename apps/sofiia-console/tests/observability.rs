@@ -207,3 +207,71 @@ async fn every_log_line_is_json_with_flow_fields_and_no_secrets() {
     assert!(!all.contains(ALICE), "a token reached the log");
     console.stop().await;
 }
+
+/// Readiness is cached for a second and probed by one caller at a time: any
+/// rate of `/api/ready` makes at most one probe per node per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readiness_calls_make_a_handful_of_node_probes() {
+    let node = stub("NODA1").await;
+    let console = ConsoleBuilder::new().nodes(&[&node]).start().await;
+    let before = node.health_check_count();
+    let calls = (0..200).map(|_| console.request(Method::GET, "/api/ready", None, &[], None));
+    let answers = futures_util::future::join_all(calls).await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    let probes = node.health_check_count() - before;
+    // At most one round, or two if the calls straddle the second the cache
+    // lasts, plus one of the background prober (whose round may also serve
+    // them all).
+    assert!(probes <= 3, "200 readiness calls made {probes} node probes");
+    console.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_without_a_token_and_names_the_nodes() {
+    let noda1 = stub("NODA1").await;
+    let noda2 = stub("NODA2").await;
+    let console = ConsoleBuilder::new().nodes(&[&noda1, &noda2]).start().await;
+    let res = console
+        .request(Method::GET, "/api/openapi.json", None, &[], None)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    assert!(res.header("x-request-id").is_some());
+    let doc = res.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        doc["components"]["schemas"]["ConfiguredNode"]["enum"],
+        json!(["NODA1", "NODA2"])
+    );
+    // The send documents its headers: the key it needs, the quota it reports.
+    let send = &doc["paths"]["/api/chats/{chat_id}/send"]["post"];
+    let headers: Vec<&str> = send["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["in"] == "header")
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(headers.contains(&"Idempotency-Key"), "{headers:?}");
+    let ok = &send["responses"]["200"]["headers"];
+    for header in ["RateLimit-Policy", "RateLimit", "X-Request-Id"] {
+        assert!(ok[header].is_object(), "200 lacks {header}: {ok}");
+    }
+    assert!(send["responses"]["429"]["headers"]["Retry-After"].is_object());
+    // Every error is a problem document.
+    for (status, response) in send["responses"].as_object().unwrap() {
+        if status.starts_with('4') || status.starts_with('5') {
+            assert!(
+                response["content"]["application/problem+json"].is_object(),
+                "{status} is not a problem"
+            );
+        }
+    }
+    // Served twice, byte for byte the same document.
+    let again = console
+        .request(Method::GET, "/api/openapi.json", Some(ALICE), &[], None)
+        .await;
+    assert_eq!(again.text, res.text);
+    console.stop().await;
+}

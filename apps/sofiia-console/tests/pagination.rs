@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::{ALICE, ConsoleBuilder};
 use serde_json::{Value, json};
-use sofiia_core_domain::{Cursor, ManualClock, Timestamp};
+use sofiia_core_domain::{Cursor, CursorKeys, ManualClock, Timestamp};
 
 fn ids(items: &[Value]) -> Vec<String> {
     items
@@ -116,11 +116,66 @@ async fn cursors_are_bound_to_their_list() {
         let p = console.get(&path, ALICE).await.problem(400);
         assert_eq!(p["field"], "cursor");
     }
-    // A cursor the console did not issue, even a well-formed one, is refused.
-    let forged = Cursor::new(Timestamp::MIN, "x").encode("another-scope");
-    console
-        .get(&format!("/api/chats?cursor={forged}"), ALICE)
+    // A cursor the console did not issue, even a well-formed one for the
+    // right list, is refused: anyone can build one, but not sign it.
+    let keys = CursorKeys::new(["a key this console does not have, 32+"]).unwrap();
+    let forged = keys.encode(&Cursor::new(Timestamp::MIN, "x"), "messages:x");
+    let p = console
+        .get(&format!("/api/chats/x/messages?cursor={forged}"), ALICE)
         .await
         .problem(400);
+    assert_eq!(p["field"], "cursor");
     console.stop().await;
+}
+
+/// Instances that share `SOFIIA_CURSOR_SECRET` accept each other's cursors
+/// (the first key signs, every key verifies, for rotation); others do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_cursor_secret_lets_instances_page_each_others_lists() {
+    let old = "an-old-cursor-secret-of-at-least-32-chars";
+    let new = "a-new-cursor-secret-of-at-least-32-chars!";
+    let a = ConsoleBuilder::new()
+        .var("SOFIIA_CURSOR_SECRET", old)
+        .start()
+        .await;
+    for n in 0..3 {
+        let res = a.send_text("paged", &format!("page-key-{n:03}"), "m").await;
+        assert_eq!(res.status, 200);
+    }
+    let page = a
+        .get("/api/chats/paged/messages?limit=2", ALICE)
+        .await
+        .json();
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let path = format!("/api/chats/paged/messages?limit=2&cursor={cursor}");
+
+    // Instances on the same chat index (here A's SQLite file).
+    let shared = a.dir.path().to_str().unwrap().to_owned();
+    let b = ConsoleBuilder::new()
+        .var("SOFIIA_DATA_DIR", &shared)
+        .var("SOFIIA_CURSOR_SECRET", &format!("{new},{old}"))
+        .start()
+        .await;
+    let res = b.get(&path, ALICE).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(
+        res.json()["items"].as_array().unwrap().len(),
+        2,
+        "the second page"
+    );
+    let c = ConsoleBuilder::new()
+        .var("SOFIIA_DATA_DIR", &shared)
+        .var("SOFIIA_CURSOR_SECRET", new)
+        .start()
+        .await;
+    c.get(&path, ALICE).await.problem(400);
+    // Without a shared secret a console signs with a key of its own.
+    let d = ConsoleBuilder::new()
+        .var("SOFIIA_DATA_DIR", &shared)
+        .start()
+        .await;
+    d.get(&path, ALICE).await.problem(400);
+    for console in [a, b, c, d] {
+        console.stop().await;
+    }
 }

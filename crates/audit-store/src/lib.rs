@@ -206,6 +206,7 @@ pub use crate::sqlite::{
 
 /// What the event records, before the store numbers and chains it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewEvent {
     /// When it happened.
     pub ts: Timestamp,
@@ -228,11 +229,13 @@ pub struct NewEvent {
     /// The client's `User-Agent`, if any.
     pub user_agent: Option<String>,
     /// Further structured detail. Never message text, tokens or keys.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How an audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// It was done.
@@ -245,6 +248,7 @@ pub enum Outcome {
 
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
     /// Position in the trail; strictly increasing, never reused.
     pub id: u64,

@@ -103,6 +103,7 @@ text_type!(
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A human operator.
@@ -139,6 +140,7 @@ impl Role {
 
 /// A conversation between operators and the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Chat {
     /// The chat's id.
     pub id: ChatId,
@@ -192,6 +194,7 @@ impl NewChat {
 ///
 /// Its `Debug` form leaves the text out, so a message can be logged safely.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     /// The message's id.
     pub id: MessageId,

@@ -1,8 +1,12 @@
 //! Keyset pagination: page sizes, opaque cursors and pages.
 
+use std::fmt;
+use std::sync::Arc;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use crate::error::{Field, ValidationError};
 use crate::time::Timestamp;
@@ -69,26 +73,21 @@ impl Default for PageLimit {
 /// The position of the last item of a page in a list ordered by `(ts, id)`.
 ///
 /// The next page starts strictly after this position, in the list's order.
-/// On the wire a cursor is opaque: [`Cursor::encode`] binds it to a *scope*
-/// (the list it came from, such as `messages:<chat id>`) and adds a check
-/// value, so a cursor that was edited, truncated or taken from another list
-/// fails [`Cursor::decode`] instead of silently starting somewhere else.
-///
-/// ```
-/// use sofiia_core_domain::{Cursor, Timestamp};
-/// let c = Cursor::new(Timestamp::MIN, "chat-1");
-/// let wire = c.encode("chats");
-/// assert_eq!(Cursor::decode(&wire, "chats").unwrap(), c);
-/// assert!(Cursor::decode(&wire, "messages:chat-1").is_err());
-/// ```
+/// On the wire a cursor is opaque and signed: [`CursorKeys::encode`] binds
+/// it to a *scope* (the list it came from, such as `messages:<chat id>`)
+/// and adds an HMAC, so a cursor that was edited, truncated, taken from
+/// another list or made by anyone without the key fails
+/// [`CursorKeys::decode`] instead of silently starting somewhere else.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Cursor {
     ts: Timestamp,
     id: String,
 }
 
-const CURSOR_VERSION: u8 = 1;
-const CHECK_LEN: usize = 8;
+/// Version 2: HMAC-signed. (Version 1, checked by an unkeyed digest, is
+/// refused: anyone could mint one.)
+const CURSOR_VERSION: u8 = 2;
+const CHECK_LEN: usize = 16;
 const MAX_ID_LEN: usize = 255;
 // version + ts + id length + check value.
 const FIXED_LEN: usize = 1 + 8 + 1 + CHECK_LEN;
@@ -111,41 +110,118 @@ impl Cursor {
     pub fn id(&self) -> &str {
         &self.id
     }
+}
 
-    fn check_value(scope: &str, payload: &[u8]) -> [u8; CHECK_LEN] {
-        let mut hasher = Sha256::new();
-        hasher.update(b"sofiia-cursor\0");
-        hasher.update(scope.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(payload);
-        let digest = hasher.finalize();
-        let mut out = [0u8; CHECK_LEN];
-        out.copy_from_slice(&digest[..CHECK_LEN]);
-        out
+/// Why cursor keys were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CursorKeyError {
+    /// No key at all.
+    #[error("at least one cursor key is needed")]
+    Empty,
+    /// A key shorter than [`CursorKeys::MIN_KEY_LEN`] bytes.
+    #[error("a cursor key must have at least {} bytes", CursorKeys::MIN_KEY_LEN)]
+    TooShort,
+}
+
+/// The keys that sign and verify cursors: the first signs, every one
+/// verifies, so a new key can be rolled out before the old one is removed
+/// (instances that page each other's lists must share them).
+///
+/// ```
+/// use sofiia_core_domain::{Cursor, CursorKeys, Timestamp};
+/// let keys = CursorKeys::new(["a secret of at least 32 bytes...."]).unwrap();
+/// let c = Cursor::new(Timestamp::MIN, "chat-1");
+/// let wire = keys.encode(&c, "chats");
+/// assert_eq!(keys.decode(&wire, "chats").unwrap(), c);
+/// assert!(keys.decode(&wire, "messages:chat-1").is_err());
+/// let other = CursorKeys::new(["another secret of at least 32 b."]).unwrap();
+/// assert!(other.decode(&wire, "chats").is_err());
+/// ```
+#[derive(Clone)]
+pub struct CursorKeys(Arc<[Hmac<Sha256>]>);
+
+impl fmt::Debug for CursorKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CursorKeys")
+            .field("keys", &self.0.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CursorKeys {
+    /// The shortest key accepted.
+    pub const MIN_KEY_LEN: usize = 32;
+
+    /// Keys, the first of which signs.
+    ///
+    /// # Errors
+    ///
+    /// [`CursorKeyError`] for no key, or one shorter than
+    /// [`MIN_KEY_LEN`](Self::MIN_KEY_LEN) bytes.
+    pub fn new<K: AsRef<[u8]>>(keys: impl IntoIterator<Item = K>) -> Result<Self, CursorKeyError> {
+        let macs = keys
+            .into_iter()
+            .map(|key| {
+                let key = key.as_ref();
+                if key.len() < Self::MIN_KEY_LEN {
+                    return Err(CursorKeyError::TooShort);
+                }
+                // HMAC takes a key of any length.
+                <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| CursorKeyError::TooShort)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if macs.is_empty() {
+            return Err(CursorKeyError::Empty);
+        }
+        Ok(Self(macs.into()))
     }
 
-    /// The opaque, URL-safe text form of this cursor for the list `scope`.
-    pub fn encode(&self, scope: &str) -> String {
-        let id = &self.id.as_bytes()[..self.id.len().min(MAX_ID_LEN)];
+    /// How many keys verify cursors (the first of them signs).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: there is always a signing key. Here for the `len` idiom.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The HMAC of `payload` for `scope` under `key`, not finalised yet.
+    fn mac(key: &Hmac<Sha256>, scope: &str, payload: &[u8]) -> Hmac<Sha256> {
+        let mut mac = key.clone();
+        mac.update(b"sofiia-cursor\0");
+        mac.update(scope.as_bytes());
+        mac.update(b"\0");
+        mac.update(payload);
+        mac
+    }
+
+    /// The opaque, URL-safe, signed text form of `cursor` for the list
+    /// `scope`.
+    pub fn encode(&self, cursor: &Cursor, scope: &str) -> String {
+        let id = &cursor.id.as_bytes()[..cursor.id.len().min(MAX_ID_LEN)];
         let mut buf = Vec::with_capacity(FIXED_LEN + id.len());
         buf.push(CURSOR_VERSION);
-        buf.extend_from_slice(&self.ts.as_unix_millis().to_be_bytes());
+        buf.extend_from_slice(&cursor.ts.as_unix_millis().to_be_bytes());
         // Truncation cannot happen: the id was cut to MAX_ID_LEN above.
         buf.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
         buf.extend_from_slice(id);
-        let check = Self::check_value(scope, &buf);
-        buf.extend_from_slice(&check);
+        let tag = Self::mac(&self.0[0], scope, &buf).finalize().into_bytes();
+        buf.extend_from_slice(&tag[..CHECK_LEN]);
         URL_SAFE_NO_PAD.encode(buf)
     }
 
-    /// Decodes a cursor made by [`Cursor::encode`] with the same `scope`.
+    /// Decodes a cursor made by [`encode`](Self::encode) with one of these
+    /// keys and the same `scope`.
     ///
     /// # Errors
     ///
     /// [`ValidationError`] for `Field::Cursor` when `s` is not exactly such a
     /// cursor: bad base64, an unknown version, trailing bytes, a check value
-    /// that does not match (edited, or from another list), a bad timestamp or id.
-    pub fn decode(s: &str, scope: &str) -> Result<Self, ValidationError> {
+    /// that no key makes (edited, from another list, or not issued here), a
+    /// bad timestamp or id.
+    pub fn decode(&self, s: &str, scope: &str) -> Result<Cursor, ValidationError> {
         let invalid = |reason| ValidationError::Malformed {
             field: Field::Cursor,
             reason,
@@ -172,8 +248,17 @@ impl Cursor {
             return Err(invalid("has the wrong length"));
         }
         let (payload, check) = bytes.split_at(bytes.len() - CHECK_LEN);
-        if Self::check_value(scope, payload) != check {
-            return Err(invalid("was altered or belongs to another list"));
+        // Every key is tried, whatever matches, and each comparison takes
+        // constant time, so the time taken does not tell how close a forgery
+        // came.
+        let matches = self.0.iter().fold(false, |found, key| {
+            let ok = Self::mac(key, scope, payload)
+                .verify_truncated_left(check)
+                .is_ok();
+            found | ok
+        });
+        if !matches {
+            return Err(invalid("was not issued by this console for this list"));
         }
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&payload[1..9]);
@@ -184,7 +269,7 @@ impl Cursor {
         if id.is_empty() {
             return Err(invalid("holds an empty id"));
         }
-        Ok(Self::new(ts, id))
+        Ok(Cursor::new(ts, id))
     }
 }
 
@@ -262,24 +347,64 @@ mod tests {
         }
     }
 
+    fn keys() -> CursorKeys {
+        CursorKeys::new(["0123456789abcdef0123456789abcdef"]).unwrap()
+    }
+
     #[test]
     fn cursor_round_trips_and_is_bound_to_its_scope() {
         let c = Cursor::new(
             Timestamp::from_unix_millis(1_700_000_000_000).unwrap(),
             "a:b",
         );
-        let wire = c.encode("chats");
+        let wire = keys().encode(&c, "chats");
         assert!(
             wire.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
-        assert_eq!(Cursor::decode(&wire, "chats").unwrap(), c);
-        assert!(Cursor::decode(&wire, "messages:x").is_err());
+        assert_eq!(keys().decode(&wire, "chats").unwrap(), c);
+        assert!(keys().decode(&wire, "messages:x").is_err());
+    }
+
+    #[test]
+    fn only_the_keys_verify_and_the_first_signs() {
+        let new = "a new key of at least thirty-two bytes";
+        let old = "an old key of at least thirty-two bytes";
+        let c = Cursor::new(Timestamp::MIN, "chat-1");
+        let by_old = CursorKeys::new([old]).unwrap().encode(&c, "chats");
+        let rotating = CursorKeys::new([new, old]).unwrap();
+        // During a rotation both verify; the new one signs.
+        assert_eq!(rotating.decode(&by_old, "chats").unwrap(), c);
+        let by_rotating = rotating.encode(&c, "chats");
+        assert_eq!(
+            CursorKeys::new([new])
+                .unwrap()
+                .decode(&by_rotating, "chats")
+                .unwrap(),
+            c
+        );
+        assert!(
+            CursorKeys::new([old])
+                .unwrap()
+                .decode(&by_rotating, "chats")
+                .is_err()
+        );
+        // A well-formed cursor made without the key: what anyone could mint.
+        assert!(keys().decode(&by_old, "chats").is_err());
+        assert_eq!(
+            CursorKeys::new::<&str>([]).unwrap_err(),
+            CursorKeyError::Empty
+        );
+        assert_eq!(
+            CursorKeys::new(["short"]).unwrap_err(),
+            CursorKeyError::TooShort
+        );
+        assert!(!format!("{rotating:?}").contains("key of"));
     }
 
     #[test]
     fn cursor_rejects_every_single_character_edit() {
-        let wire = Cursor::new(Timestamp::MIN, "chat-9").encode("chats");
+        let wire = keys().encode(&Cursor::new(Timestamp::MIN, "chat-9"), "chats");
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         for i in 0..wire.len() {
             for &b in alphabet {
@@ -289,14 +414,14 @@ mod tests {
                 }
                 edited[i] = b;
                 let edited = String::from_utf8(edited).unwrap();
-                assert!(Cursor::decode(&edited, "chats").is_err(), "{edited}");
+                assert!(keys().decode(&edited, "chats").is_err(), "{edited}");
             }
         }
     }
 
     #[test]
     fn cursor_rejects_garbage() {
-        let wire = Cursor::new(Timestamp::MIN, "chat-9").encode("chats");
+        let wire = keys().encode(&Cursor::new(Timestamp::MIN, "chat-9"), "chats");
         for bad in [
             "",
             "x",
@@ -306,7 +431,7 @@ mod tests {
             &wire[..wire.len() - 1],
             &"A".repeat(10_000),
         ] {
-            assert!(Cursor::decode(bad, "chats").is_err(), "{bad:?}");
+            assert!(keys().decode(bad, "chats").is_err(), "{bad:?}");
         }
     }
 

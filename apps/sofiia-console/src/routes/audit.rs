@@ -9,8 +9,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use slog::o;
-use sofiia_audit_store::{AuditQuery, Outcome};
-use sofiia_core_domain::{Cursor, Field, PageLimit, Timestamp, ValidationError};
+use sofiia_audit_store::{AuditEvent, AuditQuery, Outcome};
+use sofiia_core_domain::{Field, PageLimit, Timestamp, ValidationError};
 
 use super::PageBody;
 use crate::auditor::Event;
@@ -23,14 +23,29 @@ use crate::telemetry::flow_event;
 /// The header carrying the audit key.
 const AUDIT_KEY: HeaderName = HeaderName::from_static("x-audit-key");
 
-#[derive(Debug, Deserialize)]
+/// The query of the audit trail.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub(super) struct AuditParams {
+#[into_params(parameter_in = Query)]
+pub(crate) struct AuditParams {
+    /// Events per page, 1 to 200 (default 50).
+    #[param(value_type = Option<u16>, minimum = 1, maximum = 200)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page, under the same filters:
+    /// opaque and signed; a cursor this console did not issue is 400.
+    #[param(min_length = 36, max_length = 375, pattern = "^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
+    /// Only events of this actor (exact).
+    #[param(pattern = "^[\\x21-\\x7E]{1,128}$")]
     actor: Option<String>,
+    /// Only events of this action (exact), such as `chat.send`.
+    #[param(pattern = "^[\\x21-\\x7E]{1,128}$")]
     action: Option<String>,
+    /// Only events at or after this time.
+    #[param(value_type = Option<String>, format = DateTime)]
     since: Option<String>,
+    /// Only events before this time.
+    #[param(value_type = Option<String>, format = DateTime)]
     until: Option<String>,
 }
 
@@ -73,6 +88,17 @@ fn scope(q: &AuditQuery) -> String {
     format!("audit:{hex}")
 }
 
+/// Reads the audit trail, newest first. Needs `X-Audit-Key`; nothing else
+/// opens it.
+#[utoipa::path(
+    get,
+    path = "/api/audit",
+    operation_id = "readAudit",
+    tag = "audit",
+    params(AuditParams),
+    responses((status = 200, description = "A page of audit events.", body = PageBody<AuditEvent>)),
+    security(("audit_key" = [])),
+)]
 pub(super) async fn read(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -89,7 +115,7 @@ pub(super) async fn read(
         } else {
             "invalid"
         };
-        deny(&state, &req, reason);
+        deny(&state, &req, reason)?;
         return Err(ApiError::unauthorized_audit());
     };
 
@@ -109,7 +135,7 @@ pub(super) async fn read(
     };
     let scope = scope(&query);
     if let Some(cursor) = params.cursor.as_deref() {
-        let cursor = Cursor::decode(cursor, &scope)?;
+        let cursor = state.cursor_keys.decode(cursor, &scope)?;
         let id = cursor.id().parse::<u64>().map_err(|_| {
             ApiError::from(ValidationError::Malformed {
                 field: Field::Cursor,
@@ -148,5 +174,5 @@ pub(super) async fn read(
             "has_next" => page.next.is_some(),
         ),
     );
-    Ok(HttpResponse::Ok().json(PageBody::new(page, &scope)))
+    Ok(HttpResponse::Ok().json(PageBody::new(page, &scope, &state.cursor_keys)))
 }

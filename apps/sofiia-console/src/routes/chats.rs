@@ -4,7 +4,7 @@ use actix_web::http::header::LOCATION;
 use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use slog::o;
-use sofiia_core_domain::{ChatId, ChatTitle, NewChat, NodeId};
+use sofiia_core_domain::{Chat, ChatId, ChatTitle, Message, NewChat, NodeId};
 
 use super::{ListQuery, PageBody};
 use crate::auditor::Event;
@@ -23,14 +23,33 @@ fn messages_scope(chat: &ChatId) -> String {
     format!("messages:{chat}")
 }
 
-#[derive(Debug, Deserialize)]
+/// A chat to create.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CreateChat {
+pub(crate) struct CreateChat {
+    /// Its id; generated when absent.
+    #[schema(value_type = Option<ChatId>)]
     id: Option<String>,
+    /// Its title.
+    #[schema(value_type = Option<ChatTitle>)]
     title: Option<String>,
+    /// The node that answers its sends by default: one of the configured
+    /// nodes; the default node when absent.
+    #[schema(value_type = Option<super::openapi::ConfiguredNode>)]
     node: Option<String>,
 }
 
+/// Creates a chat.
+#[utoipa::path(
+    post,
+    path = "/api/chats",
+    operation_id = "createChat",
+    tag = "chats",
+    request_body = CreateChat,
+    responses((status = 201, description = "The chat, created.", body = Chat,
+        headers(("Location" = String, description = "The chat's URL.")))),
+    security(("bearer" = [])),
+)]
 pub(super) async fn create(
     req: HttpRequest,
     operator: Operator,
@@ -88,13 +107,23 @@ pub(super) async fn create(
         .json(chat))
 }
 
+/// Lists chats, most recently active first.
+#[utoipa::path(
+    get,
+    path = "/api/chats",
+    operation_id = "listChats",
+    tag = "chats",
+    params(ListQuery),
+    responses((status = 200, description = "A page of chats.", body = PageBody<Chat>)),
+    security(("bearer" = [])),
+)]
 pub(super) async fn list(
     req: HttpRequest,
     _operator: Operator,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page_req = query.page_request(CHATS_SCOPE)?;
+    let page_req = query.page_request(CHATS_SCOPE, &state.cursor_keys)?;
     let page = state.chat_index.list_chats(&page_req).await?;
     log_page(
         &state,
@@ -104,9 +133,19 @@ pub(super) async fn list(
         page.items.len(),
         page.next.is_some(),
     );
-    Ok(HttpResponse::Ok().json(PageBody::new(page, CHATS_SCOPE)))
+    Ok(HttpResponse::Ok().json(PageBody::new(page, CHATS_SCOPE, &state.cursor_keys)))
 }
 
+/// Reads one chat.
+#[utoipa::path(
+    get,
+    path = "/api/chats/{chat_id}",
+    operation_id = "getChat",
+    tag = "chats",
+    params(("chat_id" = ChatId, Path, description = "The chat.")),
+    responses((status = 200, description = "The chat.", body = Chat)),
+    security(("bearer" = [])),
+)]
 pub(super) async fn get(
     _operator: Operator,
     state: web::Data<AppState>,
@@ -119,6 +158,16 @@ pub(super) async fn get(
     }
 }
 
+/// Lists a chat's messages, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/chats/{chat_id}/messages",
+    operation_id = "listMessages",
+    tag = "chats",
+    params(("chat_id" = ChatId, Path, description = "The chat."), ListQuery),
+    responses((status = 200, description = "A page of messages.", body = PageBody<Message>)),
+    security(("bearer" = [])),
+)]
 pub(super) async fn messages(
     req: HttpRequest,
     _operator: Operator,
@@ -128,7 +177,7 @@ pub(super) async fn messages(
 ) -> Result<HttpResponse, ApiError> {
     let id = ChatId::new(path.into_inner())?;
     let scope = messages_scope(&id);
-    let page_req = query.page_request(&scope)?;
+    let page_req = query.page_request(&scope, &state.cursor_keys)?;
     let page = state.chat_index.list_messages(&id, &page_req).await?;
     log_page(
         &state,
@@ -138,7 +187,7 @@ pub(super) async fn messages(
         page.items.len(),
         page.next.is_some(),
     );
-    Ok(HttpResponse::Ok().json(PageBody::new(page, &scope)))
+    Ok(HttpResponse::Ok().json(PageBody::new(page, &scope, &state.cursor_keys)))
 }
 
 fn log_page(

@@ -7,16 +7,44 @@ use sofiia_idempotency::actix::{key_from_request, replay};
 
 use crate::problem::ApiError;
 use crate::request::{Operator, RequestMeta, RequestStart};
-use crate::send::{SendAnswer, SendRequest};
+use crate::send::{SendAnswer, SendReceipt, SendRequest};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+/// A message to send.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct SendBody {
+pub(crate) struct SendBody {
+    /// What the operator says.
+    #[schema(value_type = OperatorText)]
     text: String,
+    /// The node to ask, for this send only: one of the configured nodes.
+    /// Absent: the chat's node, else the default node.
+    #[schema(value_type = Option<super::openapi::ConfiguredNode>)]
     node: Option<String>,
 }
 
+/// Sends an operator's message to a node and stores the exchange; safe to
+/// retry with the same `Idempotency-Key`.
+#[utoipa::path(
+    post,
+    path = "/api/chats/{chat_id}/send",
+    operation_id = "sendMessage",
+    tag = "chats",
+    params(
+        ("chat_id" = ChatId, Path, description = "The chat; created by its first send."),
+        ("Idempotency-Key" = String, Header, description = "The send's key, 8 to 255 visible ASCII characters (or the same as a quoted structured-field string); a retry with it never runs the send twice.",
+            pattern = "^[\\x21\\x23-\\x7E][\\x21-\\x7E]{7,254}$"),
+    ),
+    request_body = SendBody,
+    responses((status = 200, description = "The operator's message and the agent's reply, as stored. A replay of an earlier answer carries `Idempotent-Replayed: true`.",
+        body = SendReceipt,
+        headers(
+            ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer of an earlier send with this key."),
+            ("RateLimit-Policy" = String, description = "The quotas (IETF draft-ietf-httpapi-ratelimit-headers)."),
+            ("RateLimit" = String, description = "What remains of the quotas."),
+        ))),
+    security(("bearer" = [])),
+)]
 pub(super) async fn send(
     req: HttpRequest,
     operator: Operator,

@@ -1,25 +1,78 @@
-//! Health, readiness and metrics: no authentication.
+//! Health, readiness, metrics and the API's own description: no
+//! authentication.
 
 use actix_web::{HttpResponse, web};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::build_info::{GIT_SHA, VERSION};
 use crate::state::AppState;
 
-pub(super) async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok", "version": VERSION, "git_sha": GIT_SHA}))
+/// The process serves.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// The build's version.
+    version: &'static str,
+    /// The git revision it was built from, or `unknown`.
+    git_sha: &'static str,
 }
 
-/// 200 when every backend answers, 503 otherwise. Nodes are probed and
-/// reported too, but do not decide readiness: a console whose node is down
-/// still serves its chats, and answers sends with 502 until the node returns.
+/// Whether every store answers, with each store's and each node's probe.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Ready {
+    /// `ready` (200) or `not_ready` (503).
+    #[schema(pattern = "^(ready|not_ready)$")]
+    status: &'static str,
+    /// Per store (`chat_index`, `idempotency`, `rate_limiter`, `audit`):
+    /// `{"status": "ok"|"error", "backend": "sqlite"|"inmemory"|"redis", "error"?}`.
+    #[schema(value_type = Object)]
+    checks: Map<String, Value>,
+    /// Per node, `{"status": "ok"|"error", "error"?}`; informational.
+    #[schema(value_type = Object)]
+    nodes: Map<String, Value>,
+}
+
+/// Liveness.
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    operation_id = "getHealth",
+    tag = "system",
+    responses((status = 200, description = "The process serves.", body = Health)),
+)]
+pub(super) async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok",
+        version: VERSION,
+        git_sha: GIT_SHA,
+    })
+}
+
+/// Readiness: 200 when every store answers, 503 otherwise. Nodes are
+/// probed and reported too, but do not decide readiness: a console whose
+/// node is down still serves its chats, and answers sends to it with 502.
+/// Probes are cached for a second.
+#[utoipa::path(
+    get,
+    path = "/api/ready",
+    operation_id = "getReady",
+    tag = "system",
+    responses(
+        (status = 200, description = "Every store answers.", body = Ready),
+        (status = 503, description = "A store does not answer.", body = Ready),
+    ),
+)]
 pub(super) async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let health = crate::health::probe(&state).await;
-    let body = json!({
-        "status": if health.ready { "ready" } else { "not_ready" },
-        "checks": health.checks,
-        "nodes": health.nodes,
-    });
+    let health = state.readiness.current().await;
+    let body = Ready {
+        status: if health.ready { "ready" } else { "not_ready" },
+        checks: health.checks,
+        nodes: health.nodes,
+    };
     if health.ready {
         HttpResponse::Ok().json(body)
     } else {
@@ -27,8 +80,30 @@ pub(super) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Prometheus metrics, in the text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "getMetrics",
+    tag = "system",
+    responses((status = 200, description = "Every metric, with HELP and TYPE.", content_type = "text/plain", body = String)),
+)]
 pub(super) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
+}
+
+/// This document: the OpenAPI 3.1 description of the API.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    operation_id = "getOpenApi",
+    tag = "system",
+    responses((status = 200, description = "The OpenAPI document.", content_type = "application/json", body = Object)),
+)]
+pub(super) async fn openapi(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(state.openapi.clone())
 }

@@ -112,7 +112,7 @@ impl SendRequest {
 }
 
 /// The answer to a successful send, as the API returns it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SendReceipt {
     /// The chat.
     pub chat_id: ChatId,

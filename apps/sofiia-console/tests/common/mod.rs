@@ -167,7 +167,12 @@ impl ConsoleBuilder {
     /// test Redis under the context's prefix: consoles built so with one
     /// context behave as one console.
     pub fn redis_everywhere(self, ctx: &sofiia_testkit::RedisTestContext) -> Self {
-        self.redis(ctx).var("SOFIIA_CHAT_INDEX_BACKEND", "redis")
+        // One cursor secret too, as instances that page each other's lists
+        // must share it.
+        let secret = format!("cursor-secret-{}", ctx.prefix).replace(':', "-");
+        self.redis(ctx)
+            .var("SOFIIA_CHAT_INDEX_BACKEND", "redis")
+            .var("SOFIIA_CURSOR_SECRET", &format!("{secret:-<32}"))
     }
 
     pub fn redis_at(self, url: &str, prefix: &str) -> Self {
@@ -419,5 +424,13 @@ impl Console {
         if let Some(server) = self.server.take() {
             server.stop().await.unwrap();
         }
+    }
+
+    /// Stops the console and hands its data dir over, to read its files.
+    pub async fn stop_keeping_dir(mut self) -> TempDir {
+        if let Some(server) = self.server.take() {
+            server.stop().await.unwrap();
+        }
+        self.dir
     }
 }
