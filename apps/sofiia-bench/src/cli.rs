@@ -133,6 +133,9 @@ pub(crate) enum Command {
 pub(crate) enum Scenario {
     /// (a) send on the embedded defaults.
     Embedded,
+    /// (a1) send on the embedded defaults from one client at a time: what
+    /// the console adds to a single send's latency.
+    Single,
     /// (b) send with every backend that can be on Redis on Redis.
     Redis,
     /// (c) the same Idempotency-Key replayed.
@@ -152,8 +155,9 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub(crate) const ALL: [Scenario; 8] = [
+    pub(crate) const ALL: [Scenario; 9] = [
         Scenario::Embedded,
+        Scenario::Single,
         Scenario::Candidate,
         Scenario::Inmemory,
         Scenario::Operators,

@@ -51,6 +51,7 @@ impl Scenario {
     fn title(self, settings: &crate::cli::Settings) -> String {
         match self {
             Scenario::Embedded => "(a) send, embedded defaults".into(),
+            Scenario::Single => "(a1) send, embedded defaults, one client at a time".into(),
             Scenario::Operators => format!(
                 "(a′) send, embedded defaults, {} operators configured",
                 settings.operators
@@ -70,6 +71,7 @@ impl Scenario {
     fn tag(self) -> &'static str {
         match self {
             Scenario::Embedded => "emb",
+            Scenario::Single => "one",
             Scenario::Operators => "ops",
             Scenario::Inmemory => "mem",
             Scenario::Candidate => "cand",
@@ -171,9 +173,11 @@ fn workload(
     let addr = server.addr();
     let token = std::slice::from_ref(&targets.token);
     match scenario {
-        Scenario::Embedded | Scenario::Redis | Scenario::Inmemory | Scenario::Candidate => {
-            Arc::new(Sends::new(addr, token, scenario.tag(), run))
-        }
+        Scenario::Embedded
+        | Scenario::Single
+        | Scenario::Redis
+        | Scenario::Inmemory
+        | Scenario::Candidate => Arc::new(Sends::new(addr, token, scenario.tag(), run)),
         Scenario::Operators => Arc::new(Sends::new(
             addr,
             &targets.operator_tokens,
@@ -198,6 +202,7 @@ fn measure(
     stub: &Server,
     target: &Server,
     w: Arc<dyn Workload>,
+    concurrency: usize,
     extra: Option<(u32, &mut ExtraCpu)>,
 ) -> Result<(LoadResult, RunNumbers), String> {
     let s = &rig.settings;
@@ -209,7 +214,7 @@ fn measure(
     let result = loadgen::run(
         LoadConfig {
             addr: target.addr(),
-            concurrency: s.concurrency,
+            concurrency,
             stop: Stop::Duration {
                 warmup: s.warmup,
                 measure: s.duration,
@@ -322,6 +327,7 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
     }
     let needs_embedded = [
         Scenario::Embedded,
+        Scenario::Single,
         Scenario::Replay,
         Scenario::List,
         Scenario::Health,
@@ -467,22 +473,31 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
                     &format!("{run_tag}-base"),
                 ))
             };
+            let concurrency = if scenario == Scenario::Single {
+                1
+            } else {
+                s.concurrency
+            };
             let measure_scenario = || {
                 measure(
                     rig,
                     &stub,
                     server,
                     scenario_load,
+                    concurrency,
                     extra_pid.map(|pid| (pid, &mut redis_cpu)),
                 )
             };
             // Baseline first on even rounds, the scenario first on odd ones.
             let ((scenario_result, a), (base_result, b)) = if round % 2 == 0 {
-                let b = measure(rig, &stub, &baseline, base_load, None)?;
+                let b = measure(rig, &stub, &baseline, base_load, concurrency, None)?;
                 (measure_scenario()?, b)
             } else {
                 let a = measure_scenario()?;
-                (a, measure(rig, &stub, &baseline, base_load, None)?)
+                (
+                    a,
+                    measure(rig, &stub, &baseline, base_load, concurrency, None)?,
+                )
             };
             crate::progress(&format!(
                 "load: round {}/{} {:<48} {:>6.0} req/s p50 {:>6.2} ms {:>5.0} µs CPU | baseline {:>6.0} req/s p50 {:>5.2} ms {:>4.0} µs CPU{}",
@@ -516,8 +531,9 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
             for (k, n) in scenario_result.error_kinds {
                 *kinds.entry(k).or_default() += n;
             }
-            // The summary row is the proxied send; health has its own.
-            if scenario != Scenario::Health {
+            // The summary row is the proxied send at full concurrency;
+            // health and the single client have their own.
+            if !matches!(scenario, Scenario::Health | Scenario::Single) {
                 baselines.push(b);
             }
             pairs.entry(scenario).or_default().push((a, b));
@@ -555,6 +571,17 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
             cpu_us: col(|r| r.cpu_us),
         })
     };
+    if let Some(p) = pairs.get(&Scenario::Single) {
+        let note = single_client_note(p);
+        crate::progress(&note);
+        report.notes.push(note);
+    }
+    if let Some(server) = targets.redis.as_ref() {
+        let note = count_redis_commands(rig, server, &token, &prefix)
+            .unwrap_or_else(|e| format!("(b): the Redis commands per send were not counted: {e}"));
+        crate::progress(&note);
+        report.notes.push(note);
+    }
     for scenario in scenarios {
         let p = pairs.remove(&scenario).unwrap_or_default();
         report.scenarios.push(ScenarioResult {
@@ -580,6 +607,62 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
     cleanup.run();
     report.notes.append(&mut cleanup.notes);
     Ok(report)
+}
+
+/// What the console adds to one send's latency: the median over rounds of
+/// (console p50 − bare proxy p50), one client at a time.
+fn single_client_note(pairs: &[(RunNumbers, RunNumbers)]) -> String {
+    let diffs: Vec<f64> = pairs.iter().map(|(a, b)| a.p50_ms - b.p50_ms).collect();
+    let med = |v: Vec<f64>| crate::stats::median(&v).unwrap_or(0.0);
+    format!(
+        "(a1) one client at a time: the console's p50 {:.3} ms against the bare proxy's {:.3} ms; \
+         the console adds {:.3} ms to a send (median of the per-round differences, range {:.3}–{:.3} ms).",
+        med(pairs.iter().map(|(a, _)| a.p50_ms).collect()),
+        med(pairs.iter().map(|(_, b)| b.p50_ms).collect()),
+        med(diffs.clone()),
+        diffs.iter().copied().fold(f64::INFINITY, f64::min),
+        diffs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    )
+}
+
+/// Sends to the Redis console one at a time while `MONITOR` watches, and
+/// says how many commands each send cost.
+fn count_redis_commands(
+    rig: &Rig,
+    server: &Server,
+    token: &str,
+    prefix: &str,
+) -> Result<String, String> {
+    const SENDS: u64 = 300;
+    let (count, result) = redis_keys::count_commands(&rig.settings.redis_url, prefix, || {
+        loadgen::run(
+            LoadConfig {
+                addr: server.addr(),
+                concurrency: 1,
+                stop: Stop::Requests(SENDS),
+                threads: 1,
+            },
+            Arc::new(Sends::new(
+                server.addr(),
+                std::slice::from_ref(&token.to_owned()),
+                "cnt",
+                &format!("{}-count", rig.session),
+            )),
+        )
+    })?;
+    let result = result.map_err(|e| format!("load generator: {e}"))?;
+    if result.errors > 0 {
+        return Err(format!("sends failed: {}", result.error_summary()));
+    }
+    let n = result.ok_total.max(1) as f64;
+    Ok(format!(
+        "(b): {:.1} Redis commands per send from the console ({} sends one at a time, \
+         watched with `MONITOR`; a script is one command, a pipeline's commands count one \
+         by one, so round trips are at most this), and {:.1} more that scripts ran inside Redis.",
+        count.client as f64 / n,
+        result.ok_total,
+        count.script as f64 / n,
+    ))
 }
 
 fn start_redis_console(

@@ -45,6 +45,83 @@ pub(crate) async fn server_pid(url: &str) -> Option<u32> {
     (local && is_redis).then_some(pid)
 }
 
+/// Commands Redis received while `run` ran, watched with `MONITOR`: those
+/// whose line contains `needle` (the run's key prefix), split into the ones
+/// clients sent and the ones scripts ran (`[... lua]`). A pipeline's
+/// commands arrive one by one, so the first number bounds the round trips
+/// from above.
+pub(crate) fn count_commands<T>(
+    url: &str,
+    needle: &str,
+    run: impl FnOnce() -> T,
+) -> Result<(CommandCount, T), String> {
+    use futures_util::StreamExt as _;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let client = redis::Client::open(url).map_err(|e| format!("redis {url}: {e}"))?;
+    let monitor = runtime
+        .block_on(client.get_async_monitor())
+        .map_err(|e| format!("redis {url}: MONITOR: {e}"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let needle = needle.to_owned();
+    let counting = runtime.spawn(async move {
+        let mut lines = monitor.into_on_message::<String>();
+        let mut count = CommandCount::default();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                line = lines.next() => match line {
+                    Some(line) => count.add(&line, &needle),
+                    None => break,
+                },
+            }
+        }
+        count
+    });
+    let value = run();
+    // What the server had sent before the stop is in the stream already;
+    // a short pause lets the last lines of the run arrive.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let _ = stop.send(());
+    let count = runtime
+        .block_on(counting)
+        .map_err(|e| format!("MONITOR task: {e}"))?;
+    Ok((count, value))
+}
+
+/// What [`count_commands`] saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CommandCount {
+    /// Commands clients sent.
+    pub client: u64,
+    /// Commands scripts ran on the server.
+    pub script: u64,
+}
+
+impl CommandCount {
+    fn add(&mut self, line: &str, needle: &str) {
+        if !line.contains(needle) {
+            return;
+        }
+        // `1700000000.123456 [0 127.0.0.1:5000] "GET" "k"`; `[0 lua]` for
+        // a script's own commands.
+        let source = line
+            .split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map_or("", |(source, _)| source);
+        if source.ends_with(" lua") {
+            self.script += 1;
+        } else {
+            self.client += 1;
+        }
+    }
+}
+
 /// A glob pattern matching every key that starts with `prefix`, with the
 /// glob's special characters escaped.
 pub(crate) fn prefix_pattern(prefix: &str) -> String {
@@ -113,6 +190,25 @@ pub(crate) async fn delete_prefix(url: &str, prefix: &str) -> Result<u64, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitor_lines_are_told_apart_by_source() {
+        let mut count = CommandCount::default();
+        count.add(
+            r#"1700000000.1 [0 127.0.0.1:5000] "EVALSHA" "ab" "1" "p:k""#,
+            "p:",
+        );
+        count.add(r#"1700000000.2 [0 lua] "HSET" "p:k" "f" "v""#, "p:");
+        count.add(r#"1700000000.3 [0 127.0.0.1:5000] "PING""#, "p:");
+        count.add(r#"1700000000.4 [0 unix:/tmp/r.sock] "GET" "p:x""#, "p:");
+        assert_eq!(
+            count,
+            CommandCount {
+                client: 2,
+                script: 1
+            }
+        );
+    }
 
     #[test]
     fn prefix_patterns_escape_globs() {

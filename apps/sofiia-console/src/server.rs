@@ -53,7 +53,7 @@ pub enum StartError {
     /// The idempotency store could not be opened.
     #[error("idempotency store: {0}")]
     Idempotency(#[from] sofiia_idempotency::IdempotencyError),
-    /// The Redis pool could not be built.
+    /// The Redis connection could not be set up.
     #[error("redis: {0}")]
     Redis(String),
     /// The node router could not be built.
@@ -151,19 +151,19 @@ pub async fn open_stores(
         }
     };
 
-    // One pool for every Redis backend, opened before them; connections are
-    // made on first use, so a Redis that is down at start makes the
-    // readiness probe fail, not the start.
+    // One multiplexed connection for every Redis backend, opened before
+    // them; it connects on first use, so a Redis that is down at start makes
+    // the readiness probe fail, not the start.
     let redis = if settings.uses_redis() {
         info!(logger, "redis backends enabled"; "prefix" => settings.redis_prefix.as_str());
-        Some(redis_pool(&settings.redis_url)?)
+        Some(redis_connection(&settings.redis_url)?)
     } else {
         None
     };
     let redis_for = |what: &str| {
         redis
             .clone()
-            .ok_or_else(|| StartError::Redis(format!("the redis {what} needs a redis pool")))
+            .ok_or_else(|| StartError::Redis(format!("the redis {what} needs a redis connection")))
     };
 
     let chat_index: Arc<DynChatIndexStore> = match settings.chat_index_backend {
@@ -378,22 +378,16 @@ const PURGE_BATCH: usize = 10_000;
 /// dropped first, and a dropped idle bucket is indistinguishable from a new one.
 const RATE_LIMIT_CAPACITY: usize = 100_000;
 
-/// One pool for every Redis backend, with timeouts short enough that an
-/// unreachable Redis answers 503 quickly instead of holding requests.
+/// The one connection every Redis backend shares: concurrent calls are
+/// pipelined on it, and it is opened again by itself after Redis comes
+/// back. Every call carries the store deadline, so an unreachable Redis
+/// answers 503 quickly instead of holding requests.
 ///
 /// # Errors
 ///
-/// [`StartError::Redis`] for a URL the pool cannot use.
-pub fn redis_pool(url: &str) -> Result<deadpool_redis::Pool, StartError> {
-    let mut config = deadpool_redis::Config::from_url(url);
-    let mut pool = deadpool_redis::PoolConfig::new(64);
-    pool.timeouts.wait = Some(Duration::from_secs(2));
-    pool.timeouts.create = Some(Duration::from_secs(2));
-    pool.timeouts.recycle = Some(Duration::from_secs(1));
-    config.pool = Some(pool);
-    config
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map_err(|e| StartError::Redis(e.to_string()))
+/// [`StartError::Redis`] for a URL that is not a Redis address.
+pub fn redis_connection(url: &str) -> Result<sofiia_redis_support::RedisConnection, StartError> {
+    sofiia_redis_support::RedisConnection::open(url).map_err(|e| StartError::Redis(e.to_string()))
 }
 
 /// The actix-web application over `state`: every route, the request

@@ -250,8 +250,8 @@ pub async fn migrate_chat_index(
         return Err(format!("no SQLite chat index at {}", path.display()).into());
     }
     let source = SqliteChatIndex::open(&path).await?;
-    let pool = crate::server::redis_pool(&settings.redis_url)?;
-    let target = RedisChatIndex::new(pool, settings.redis_prefix.clone());
+    let conn = crate::server::redis_connection(&settings.redis_url)?;
+    let target = RedisChatIndex::new(conn, settings.redis_prefix.clone());
     let url = redact_url(&settings.redis_url);
     target
         .check()
@@ -584,8 +584,8 @@ fn redact_url(url: &str) -> String {
 }
 
 /// What `check-config` prints: the effective settings, every value `serve`
-/// would use, without a secret. Building the node router and the Redis pool
-/// is part of the check, as at start.
+/// would use, without a secret. Building the node router is part of the
+/// check, as at start.
 ///
 /// # Errors
 ///
@@ -598,9 +598,6 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
 
     if let Some(nodes) = &settings.nodes {
         sofiia_router_client::HttpRouter::new(nodes.clone(), settings.infer_timeout)?;
-    }
-    if settings.uses_redis() {
-        crate::server::redis_pool(&settings.redis_url)?;
     }
     let nodes = settings.nodes.as_ref().map(|n| {
         n.nodes()

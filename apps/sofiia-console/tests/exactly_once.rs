@@ -199,10 +199,17 @@ async fn a_console_killed_after_the_node_answered_leaves_the_reply_for_the_next_
         StatusCode::OK
     );
 
-    // Another process holds the chat index's write lock: the reply is kept
-    // with the key, but the exchange cannot be stored.
-    let blocker = rusqlite::Connection::open(data.path().join("chat-index.db")).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    // Another process holds the write locks of the chat index and the audit
+    // trail: the reply is kept with the key, but neither the exchange nor
+    // its event (written beside it) can be stored.
+    let blockers: Vec<rusqlite::Connection> = ["chat-index.db", "audit.db"]
+        .iter()
+        .map(|file| {
+            let blocker = rusqlite::Connection::open(data.path().join(file)).unwrap();
+            blocker.execute_batch("BEGIN IMMEDIATE;").unwrap();
+            blocker
+        })
+        .collect();
     let res = send(
         &client,
         &first.base,
@@ -215,8 +222,9 @@ async fn a_console_killed_after_the_node_answered_leaves_the_reply_for_the_next_
     assert_eq!(node.call_count(), 2);
     first.kill();
     drop(first);
-    blocker.execute_batch("ROLLBACK;").unwrap();
-    drop(blocker);
+    for blocker in blockers {
+        blocker.execute_batch("ROLLBACK;").unwrap();
+    }
 
     // A new console: while the dead one's lease lasts the key is pending
     // (503); then the retry stores the kept reply, without the node.
@@ -243,7 +251,8 @@ async fn a_console_killed_after_the_node_answered_leaves_the_reply_for_the_next_
     assert_eq!(answer["reply"]["text"], "[NODA1] echo: kept across a crash");
     assert_eq!(node.call_count(), 2, "the node is not called again");
     assert_eq!(message_count(&client, &second.base, "c1").await, 4);
-    // Its event is written once, marked as resumed.
+    // Its event is written once, by the console that resumed it, and marked
+    // so.
     let events: Value = client
         .get(format!(
             "{}/api/audit?action=chat.send&actor=alice",

@@ -110,7 +110,7 @@ fn run(cmd: &mut Command) -> (Output, String, String) {
 }
 
 fn redis_index(redis: &RedisTestContext) -> RedisChatIndex {
-    RedisChatIndex::new(redis.pool.clone(), redis.prefix.clone())
+    RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone())
 }
 
 fn request(size: u64, after: Option<sofiia_core_domain::Cursor>) -> PageRequest {
@@ -154,7 +154,7 @@ async fn message_pages(store: &DynChatIndexStore, chat: &ChatId, size: u64) -> V
 /// snapshots hold the same data, whatever order it was written in.
 async fn snapshot(redis: &RedisTestContext) -> BTreeMap<String, Vec<Vec<u8>>> {
     use deadpool_redis::redis;
-    let mut conn = redis.pool.get().await.unwrap();
+    let mut conn = redis.conn.manager();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}*", redis.prefix))
         .query_async(&mut conn)

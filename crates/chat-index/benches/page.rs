@@ -175,7 +175,7 @@ fn bench_redis(c: &mut Criterion, rt: &tokio::runtime::Runtime, n: usize) {
     let redis = rt
         .block_on(sofiia_testkit::RedisTestContext::new("bench page"))
         .expect("Redis answers");
-    let store = sofiia_chat_index::RedisChatIndex::new(redis.pool.clone(), redis.prefix.clone())
+    let store = sofiia_chat_index::RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone())
         // Building the dataset runs large scripts; the timed pages are far
         // below either timeout.
         .with_op_timeout(Duration::from_secs(60));
@@ -200,7 +200,7 @@ fn bench_redis(c: &mut Criterion, rt: &tokio::runtime::Runtime, n: usize) {
 #[cfg(feature = "redis")]
 async fn memory_usage(redis: &sofiia_testkit::RedisTestContext) -> u64 {
     use deadpool_redis::redis;
-    let mut conn = redis.pool.get().await.unwrap();
+    let mut conn = redis.conn.manager();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}*", redis.prefix))
         .query_async(&mut conn)

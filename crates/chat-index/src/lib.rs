@@ -87,6 +87,9 @@ pub use crate::memory::MemoryChatIndex;
 pub use crate::redis::RedisChatIndex;
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::{SqliteChatIndex, SqliteOptions};
+#[cfg(feature = "redis")]
+/// The shared Redis connection the Redis backend is built on.
+pub use sofiia_redis_support::RedisConnection;
 
 /// What can go wrong in a chat index.
 #[derive(Debug, thiserror::Error)]

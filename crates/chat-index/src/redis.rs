@@ -4,13 +4,12 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, RedisError, Script, ScriptInvocation, Value};
-use deadpool_redis::{Pool, PoolError};
+use deadpool_redis::redis::{self, Script, ScriptInvocation, Value};
 use sofiia_core_domain::{
     Chat, ChatId, ChatTitle, Cursor, Exchange, Message, MessageId, NewChat, NodeId, OperatorId,
     Page, PageRequest, Role, Timestamp, ValidationError,
 };
-use sofiia_redis_support::CallError;
+use sofiia_redis_support::{CallError, RedisConnection};
 
 use crate::exchange::{self, ExchangeError};
 use crate::import::{self, ImportError};
@@ -96,8 +95,8 @@ const BODY_VERSION: &str = "1";
 /// appends and pages stay atomic and exact across the cluster, but the
 /// index does not spread over the cluster's nodes (it scales up, not out).
 /// The list scripts read the chat hashes of the page they found, keys not
-/// declared up front; being in the same slot, that is allowed. The pool
-/// here is a plain, single-node [`Pool`]; the layout is ready for a cluster
+/// declared up front; being in the same slot, that is allowed. The
+/// connection here is to one server; the layout is ready for a cluster
 /// client. Run separate prefixes (separate indexes) if one primary ever
 /// becomes too small.
 ///
@@ -115,12 +114,13 @@ const BODY_VERSION: &str = "1";
 /// everysec` or stricter, as with no persistence a Redis restart loses
 /// every chat.
 ///
-/// Every operation, waiting for a pooled connection included, is bounded
-/// by the operation timeout (2 s unless [set](Self::with_op_timeout)). A
-/// Redis that is down, refuses connections, hangs, is loading or failing
-/// over gives [`ChatIndexError::Unavailable`], never a hang; a connection
-/// that failed or timed out is dropped rather than returned to the pool,
-/// and the store recovers by itself when Redis comes back. A write that
+/// Every operation is one command or `EVALSHA` on the shared multiplexed
+/// [`RedisConnection`], bounded by the operation timeout (2 s unless
+/// [set](Self::with_op_timeout)). A Redis that is down, refuses
+/// connections, hangs, is out of memory, loading or failing over gives
+/// [`ChatIndexError::Unavailable`], never a hang (the classification every
+/// Redis backend shares, [`CallError::is_unavailable`]); the connection is
+/// opened again by itself when Redis comes back. A write that
 /// timed out may still have been applied; retrying the same exchange or
 /// batch (the same message ids) is safe, as appends and imports are
 /// idempotent, while a retry with new ids would store a second copy. A script
@@ -131,9 +131,8 @@ const BODY_VERSION: &str = "1";
 /// use sofiia_chat_index::{ChatIndexStore, RedisChatIndex};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
-///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-/// let store = RedisChatIndex::new(pool, "sofiia:");
+/// let conn = sofiia_chat_index::RedisConnection::open("redis://127.0.0.1:6379")?;
+/// let store = RedisChatIndex::new(conn, "sofiia:");
 /// store.check().await?;
 /// # Ok(())
 /// # }
@@ -141,7 +140,7 @@ const BODY_VERSION: &str = "1";
 ///
 /// [`check`]: ChatIndexStore::check
 pub struct RedisChatIndex {
-    pool: Pool,
+    conn: RedisConnection,
     prefix: String,
     /// `<prefix>{chat-index}:`, braces in the prefix escaped.
     key_prefix: String,
@@ -343,12 +342,8 @@ return out
 /// the trait boundary, and kept as its source.
 #[derive(Debug, thiserror::Error)]
 enum RedisIndexError {
-    #[error("no Redis connection could be had from the pool")]
-    Pool(#[from] PoolError),
-    #[error("the Redis command failed")]
-    Redis(#[from] RedisError),
-    #[error("Redis did not answer within {0:?}")]
-    Timeout(Duration),
+    #[error(transparent)]
+    Call(#[from] CallError),
     #[error("unexpected reply from the chat index script: {0}")]
     Reply(&'static str),
     #[error("the Redis key {key} holds a value of the wrong type")]
@@ -374,11 +369,7 @@ impl RedisIndexError {
     /// person.
     fn is_unavailable(&self) -> bool {
         match self {
-            Self::Timeout(_) => true,
-            Self::Redis(e) => sofiia_redis_support::is_transient(e),
-            Self::Pool(e) => {
-                sofiia_redis_support::pool_error_is_transient(e, sofiia_redis_support::is_transient)
-            }
+            Self::Call(e) => e.is_unavailable(),
             _ => false,
         }
     }
@@ -406,28 +397,18 @@ impl From<RedisIndexError> for ChatIndexError {
     }
 }
 
-impl From<CallError> for RedisIndexError {
-    fn from(err: CallError) -> Self {
-        match err {
-            CallError::Pool(e) => Self::Pool(e),
-            CallError::Redis(e) => Self::Redis(e),
-            CallError::Timeout(t) => Self::Timeout(t),
-        }
-    }
-}
-
 impl RedisChatIndex {
     /// The operation timeout unless set otherwise.
     pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 
-    /// An index on `pool`, its keys starting with `<prefix>{chat-index}:`.
+    /// An index on `conn`, its keys starting with `<prefix>{chat-index}:`.
     /// Give every deployment sharing one Redis its own prefix (such as
     /// `sofiia:`), and every instance of one deployment the same.
-    pub fn new(pool: Pool, prefix: impl Into<String>) -> Self {
+    pub fn new(conn: RedisConnection, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         let key_prefix = sofiia_redis_support::tagged_key_prefix(&prefix, HASH_TAG);
         Self {
-            pool,
+            conn,
             prefix,
             key_prefix,
             op_timeout: Self::DEFAULT_OP_TIMEOUT,
@@ -483,12 +464,12 @@ impl RedisChatIndex {
 
     /// Runs `invocation` within the operation timeout.
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, RedisIndexError> {
-        Ok(sofiia_redis_support::invoke(&self.pool, self.op_timeout, invocation).await?)
+        Ok(sofiia_redis_support::invoke(&self.conn, self.op_timeout, invocation).await?)
     }
 
     /// Runs `cmd` within the operation timeout.
     async fn query(&self, cmd: &redis::Cmd) -> Result<Value, RedisIndexError> {
-        Ok(sofiia_redis_support::query(&self.pool, self.op_timeout, cmd).await?)
+        Ok(sofiia_redis_support::query(&self.conn, self.op_timeout, cmd).await?)
     }
 
     async fn try_create(&self, chat: &NewChat) -> Result<bool, RedisIndexError> {
@@ -689,7 +670,7 @@ impl fmt::Debug for RedisChatIndex {
         f.debug_struct("RedisChatIndex")
             .field("key_prefix", &self.key_prefix)
             .field("op_timeout", &self.op_timeout)
-            .field("pool", &self.pool.status())
+            .field("conn", &self.conn)
             .finish_non_exhaustive()
     }
 }
@@ -987,7 +968,7 @@ mod tests {
 
     async fn fresh_store() -> Option<TestStore> {
         let redis = RedisTestContext::new("sofiia-chat-index redis suite").await?;
-        let store = RedisChatIndex::new(redis.pool.clone(), redis.prefix.clone());
+        let store = RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone());
         // The context deletes the prefix's keys when the case ends.
         Some(TestStore::with_guard(store, redis))
     }
@@ -1028,7 +1009,7 @@ mod tests {
     }
 
     async fn keys(redis: &RedisTestContext) -> Vec<String> {
-        let mut conn = redis.pool.get().await.unwrap();
+        let mut conn = redis.conn.manager();
         let mut keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", redis.prefix))
             .query_async(&mut conn)
@@ -1039,7 +1020,7 @@ mod tests {
     }
 
     async fn cmd<T: redis::FromRedisValue>(redis: &RedisTestContext, cmd: &redis::Cmd) -> T {
-        let mut conn = redis.pool.get().await.unwrap();
+        let mut conn = redis.conn.manager();
         cmd.query_async(&mut conn).await.unwrap()
     }
 
@@ -1050,7 +1031,7 @@ mod tests {
         else {
             return;
         };
-        let store = RedisChatIndex::new(redis.pool.clone(), redis.prefix.clone());
+        let store = RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone());
         let (new_chat, exchange) = fixture("ops:1.a", "line one\nline two");
         store.append_exchange(new_chat, &exchange).await.unwrap();
 
@@ -1120,9 +1101,9 @@ mod tests {
         assert_eq!(owner, "ops:1.a");
     }
 
-    #[test]
-    fn braces_in_the_prefix_cannot_move_the_hash_tag() {
-        let pool = sofiia_testkit::pool("redis://127.0.0.1:1");
+    #[tokio::test]
+    async fn braces_in_the_prefix_cannot_move_the_hash_tag() {
+        let pool = sofiia_testkit::connection("redis://127.0.0.1:1");
         let store = RedisChatIndex::new(pool, "a{}b{c}:");
         assert_eq!(store.key_prefix, "a%7B%7Db%7Bc%7D:{chat-index}:");
         assert_eq!(store.prefix(), "a{}b{c}:");
@@ -1154,7 +1135,7 @@ mod tests {
             return;
         };
         let script = Script::new(concat!(lua_prelude!(), "return escape(ARGV[1])"));
-        let mut conn = redis.pool.get().await.unwrap();
+        let mut conn = redis.conn.manager();
         let all_bytes: String = (0_u8..=127).map(char::from).collect();
         for input in [
             "plain",
@@ -1180,7 +1161,7 @@ mod tests {
         else {
             return;
         };
-        let store = RedisChatIndex::new(redis.pool.clone(), redis.prefix.clone());
+        let store = RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone());
         let (new_chat, exchange) = fixture("damaged", "hi");
         let chat = store
             .append_exchange(new_chat.clone(), &exchange)
@@ -1257,7 +1238,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let pool = sofiia_testkit::pool(&format!("redis://127.0.0.1:{port}"));
+        let pool = sofiia_testkit::connection(&format!("redis://127.0.0.1:{port}"));
         let store = RedisChatIndex::new(pool, "stopped:");
         let (new_chat, exchange) = fixture("c", "hi");
         assert!(is_unavailable(&store.check().await));
@@ -1290,7 +1271,7 @@ mod tests {
                 held.push(socket);
             }
         });
-        let pool = sofiia_testkit::pool(&format!("redis://127.0.0.1:{port}"));
+        let pool = sofiia_testkit::connection(&format!("redis://127.0.0.1:{port}"));
         let store = RedisChatIndex::new(pool, "hung:").with_op_timeout(Duration::from_millis(200));
         assert_eq!(store.op_timeout(), Duration::from_millis(200));
         let (new_chat, exchange) = fixture("c", "hi");
@@ -1306,7 +1287,7 @@ mod tests {
         else {
             return;
         };
-        let pool = sofiia_testkit::pool(&server.url());
+        let pool = sofiia_testkit::connection(&server.url());
         let store = Arc::new(
             RedisChatIndex::new(pool, "recovery:").with_op_timeout(Duration::from_millis(500)),
         );
@@ -1376,9 +1357,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn debug_shows_the_key_prefix_and_never_data() {
-        let pool = sofiia_testkit::pool("redis://127.0.0.1:1");
+    #[tokio::test]
+    async fn debug_shows_the_key_prefix_and_never_data() {
+        let pool = sofiia_testkit::connection("redis://127.0.0.1:1");
         let store = RedisChatIndex::new(pool, "dbg:");
         let debug = format!("{store:?}");
         assert!(debug.contains("dbg:{chat-index}:"), "{debug}");

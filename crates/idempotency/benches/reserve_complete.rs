@@ -7,6 +7,10 @@
 //!     --warm-up-time 1 --measurement-time 3
 //! ```
 //!
+//! On Redis, `redis/bare-round-trip` (an `EVALSHA` of a script that does
+//! nothing) runs first, in the same run, as the yardstick: reserve+complete
+//! is two round trips at the least.
+//!
 //! The Redis part runs against `SOFIIA_TEST_REDIS_URL` and is skipped, with
 //! a note, when it is unset.
 #![allow(missing_docs, clippy::print_stderr)]
@@ -92,8 +96,17 @@ fn backends(c: &mut Criterion) {
                     "bench reserve_complete",
                 ))
                 .expect("Redis answers");
+            // The same run's bare round trip: reserve+complete ÷ it is what
+            // the pair costs in round trips (two at the least).
+            c.bench_function("redis/bare-round-trip", |b| {
+                b.to_async(&rt).iter(|| async {
+                    sofiia_redis_support::bare_round_trip(&redis.conn, Duration::from_secs(2))
+                        .await
+                        .expect("Redis answers");
+                });
+            });
             let store = sofiia_idempotency::RedisIdempotencyStore::new(
-                redis.pool.clone(),
+                redis.conn.clone(),
                 redis.prefix.clone(),
             );
             bench_store(c, &rt, "redis/reserve+complete", &store);

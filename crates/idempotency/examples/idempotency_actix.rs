@@ -66,13 +66,10 @@ async fn create_order(
 fn store() -> Arc<DynIdempotencyStore> {
     #[cfg(feature = "redis")]
     if let Ok(url) = std::env::var("REDIS_URL") {
-        use deadpool_redis::{Config, Runtime};
-        use sofiia_idempotency::RedisIdempotencyStore;
+        use sofiia_idempotency::{RedisConnection, RedisIdempotencyStore};
 
-        let pool = Config::from_url(url)
-            .create_pool(Some(Runtime::Tokio1))
-            .expect("a valid REDIS_URL");
-        return Arc::new(RedisIdempotencyStore::new(pool, "orders-example:"));
+        let conn = RedisConnection::open(&url).expect("a valid REDIS_URL");
+        return Arc::new(RedisIdempotencyStore::new(conn, "orders-example:"));
     }
     // One process: keep up to 100 000 keys.
     Arc::new(MemoryIdempotencyStore::with_system_clock(100_000))

@@ -173,6 +173,9 @@ pub use crate::memory::{EVICTIONS_METRIC, MemoryIdempotencyStore};
 pub use crate::redis::RedisIdempotencyStore;
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::{SqliteIdempotencyStore, SqliteOptions};
+#[cfg(feature = "redis")]
+/// The shared Redis connection the Redis backend is built on.
+pub use sofiia_redis_support::RedisConnection;
 
 /// An idempotency key within the scope of one principal.
 #[derive(Clone, PartialEq, Eq, Hash)]

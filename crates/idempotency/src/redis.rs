@@ -4,9 +4,9 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, RedisError, Script, Value};
-use deadpool_redis::{Pool, PoolError};
+use deadpool_redis::redis::{self, Script, Value};
 use sofiia_redis_support::CallError;
+use sofiia_redis_support::RedisConnection;
 
 use crate::codec::{decode_headers, encode_headers};
 use crate::fingerprint::{to_hex, ttl_millis};
@@ -59,7 +59,7 @@ use crate::{
 /// or timed out is dropped rather than returned to the pool, and the pool
 /// opens new ones, so the store recovers by itself when Redis comes back.
 pub struct RedisIdempotencyStore {
-    pool: Pool,
+    conn: RedisConnection,
     prefix: String,
     op_timeout: Duration,
     reserve: Script,
@@ -163,12 +163,8 @@ return 1
 /// Failures of this backend, converted into [`IdempotencyError`] by kind.
 #[derive(Debug, thiserror::Error)]
 enum RedisStoreError {
-    #[error("no Redis connection could be had from the pool")]
-    Pool(#[from] PoolError),
-    #[error("the Redis command failed")]
-    Redis(#[from] RedisError),
-    #[error("Redis did not answer within {0:?}")]
-    Timeout(Duration),
+    #[error(transparent)]
+    Call(#[from] CallError),
     #[error("unexpected reply from the idempotency script: {0}")]
     Reply(&'static str),
 }
@@ -179,22 +175,8 @@ impl RedisStoreError {
     /// a reply that does not parse, a key of the wrong type) needs a person.
     fn is_unavailable(&self) -> bool {
         match self {
-            Self::Timeout(_) => true,
-            Self::Redis(e) => sofiia_redis_support::is_transient(e),
-            Self::Pool(e) => {
-                sofiia_redis_support::pool_error_is_transient(e, sofiia_redis_support::is_transient)
-            }
+            Self::Call(e) => e.is_unavailable(),
             Self::Reply(_) => false,
-        }
-    }
-}
-
-impl From<CallError> for RedisStoreError {
-    fn from(err: CallError) -> Self {
-        match err {
-            CallError::Pool(e) => Self::Pool(e),
-            CallError::Redis(e) => Self::Redis(e),
-            CallError::Timeout(t) => Self::Timeout(t),
         }
     }
 }
@@ -220,9 +202,9 @@ impl RedisIdempotencyStore {
     /// A store on `pool`, naming its keys `{prefix}idem:...`. Give every
     /// deployment sharing one Redis its own prefix (such as `sofiia:`), and
     /// every instance of one deployment the same.
-    pub fn new(pool: Pool, prefix: impl Into<String>) -> Self {
+    pub fn new(conn: RedisConnection, prefix: impl Into<String>) -> Self {
         Self {
-            pool,
+            conn,
             prefix: prefix.into(),
             op_timeout: Self::DEFAULT_OP_TIMEOUT,
             reserve: Script::new(&format!("{PRELUDE}{RESERVE}")),
@@ -259,12 +241,12 @@ impl RedisIdempotencyStore {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Value, RedisStoreError> {
-        Ok(sofiia_redis_support::invoke(&self.pool, self.op_timeout, invocation).await?)
+        Ok(sofiia_redis_support::invoke(&self.conn, self.op_timeout, invocation).await?)
     }
 
     async fn ping(&self) -> Result<(), RedisStoreError> {
         let pong: String =
-            sofiia_redis_support::query(&self.pool, self.op_timeout, &redis::cmd("PING")).await?;
+            sofiia_redis_support::query(&self.conn, self.op_timeout, &redis::cmd("PING")).await?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -439,7 +421,7 @@ impl fmt::Debug for RedisIdempotencyStore {
         f.debug_struct("RedisIdempotencyStore")
             .field("prefix", &self.prefix)
             .field("op_timeout", &self.op_timeout)
-            .field("pool", &self.pool.status())
+            .field("conn", &self.conn)
             .finish_non_exhaustive()
     }
 }
@@ -448,7 +430,7 @@ impl fmt::Debug for RedisIdempotencyStore {
 mod tests {
     use std::sync::Arc;
 
-    use deadpool_redis::redis::{ErrorKind, ServerErrorKind, make_extension_error};
+    use deadpool_redis::redis::{ErrorKind, RedisError, ServerErrorKind, make_extension_error};
     use sofiia_testkit::{RedisServer, RedisTestContext};
 
     use super::*;
@@ -457,7 +439,7 @@ mod tests {
 
     async fn fresh_store() -> Option<TestStore> {
         let redis = RedisTestContext::new("sofiia-idempotency redis suite").await?;
-        let store = RedisIdempotencyStore::new(redis.pool.clone(), redis.prefix.clone());
+        let store = RedisIdempotencyStore::new(redis.conn.clone(), redis.prefix.clone());
         // The context deletes the prefix's keys when the case ends.
         Some(TestStore::with_guard(store, RealTime, redis))
     }
@@ -494,8 +476,8 @@ mod tests {
         matches!(r, Err(IdempotencyError::Unavailable { .. }))
     }
 
-    /// A server that cannot serve now is unavailable; one out of memory,
-    /// or redirecting to another cluster node, needs a person.
+    /// A server that cannot serve now (out of memory included) is
+    /// unavailable; one redirecting to another cluster node needs a person.
     #[test]
     fn only_not_now_replies_are_unavailable() {
         // As the reply parser builds them: a known code gets its kind, any
@@ -504,20 +486,17 @@ mod tests {
         let other = |code: &str| make_extension_error(code.to_owned(), None);
         for err in [
             other("BUSY"),
+            other("OOM"),
             known(ServerErrorKind::BusyLoading),
             known(ServerErrorKind::ReadOnly),
         ] {
-            assert!(RedisStoreError::Redis(err).is_unavailable());
+            assert!(RedisStoreError::from(CallError::Redis(err)).is_unavailable());
         }
-        for err in [
-            other("OOM"),
-            known(ServerErrorKind::Moved),
-            known(ServerErrorKind::Ask),
-        ] {
-            assert!(!RedisStoreError::Redis(err).is_unavailable());
+        for err in [known(ServerErrorKind::Moved), known(ServerErrorKind::Ask)] {
+            assert!(!RedisStoreError::from(CallError::Redis(err)).is_unavailable());
         }
-        assert!(RedisStoreError::Pool(PoolError::Closed).is_unavailable());
-        assert!(!RedisStoreError::Pool(PoolError::NoRuntimeSpecified).is_unavailable());
+        assert!(RedisStoreError::from(CallError::Timeout(Duration::from_secs(1))).is_unavailable());
+        assert!(!RedisStoreError::Reply("x").is_unavailable());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,7 +504,7 @@ mod tests {
         let Some(redis) = RedisTestContext::new("every_key_written_has_a_ttl").await else {
             return;
         };
-        let store = RedisIdempotencyStore::new(redis.pool.clone(), redis.prefix.clone());
+        let store = RedisIdempotencyStore::new(redis.conn.clone(), redis.prefix.clone());
         // In flight.
         acquire(&store, &key(0)).await;
         // Completed.
@@ -555,7 +534,7 @@ mod tests {
         let _ = store.complete(&key(3), &token, &response(), LONG_TTL).await;
         let _ = store.release(&key(4), &token).await;
 
-        let mut conn = redis.pool.get().await.unwrap();
+        let mut conn = redis.conn.manager();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", redis.prefix))
             .query_async(&mut conn)
@@ -581,8 +560,8 @@ mod tests {
         let Some(redis) = RedisTestContext::new("damaged_entries_are_backend_errors").await else {
             return;
         };
-        let store = RedisIdempotencyStore::new(redis.pool.clone(), redis.prefix.clone());
-        let mut conn = redis.pool.get().await.unwrap();
+        let store = RedisIdempotencyStore::new(redis.conn.clone(), redis.prefix.clone());
+        let mut conn = redis.conn.manager();
 
         // A key of the wrong type: the script fails.
         let _: () = redis::cmd("SET")
@@ -622,7 +601,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let pool = sofiia_testkit::pool(&format!("redis://127.0.0.1:{port}"));
+        let pool = sofiia_testkit::connection(&format!("redis://127.0.0.1:{port}"));
         let store = RedisIdempotencyStore::new(pool, "stopped:");
         let token = LeaseToken([1; 16]);
         assert!(is_unavailable(
@@ -646,7 +625,7 @@ mod tests {
                 held.push(socket);
             }
         });
-        let pool = sofiia_testkit::pool(&format!("redis://127.0.0.1:{port}"));
+        let pool = sofiia_testkit::connection(&format!("redis://127.0.0.1:{port}"));
         let store =
             RedisIdempotencyStore::new(pool, "hung:").with_op_timeout(Duration::from_millis(200));
         let r = store.reserve(&key(0), &fp("a"), LONG_TTL).await;
@@ -661,7 +640,7 @@ mod tests {
         else {
             return;
         };
-        let pool = sofiia_testkit::pool(&server.url());
+        let pool = sofiia_testkit::connection(&server.url());
         let store = Arc::new(
             RedisIdempotencyStore::new(pool, "recovery:")
                 .with_op_timeout(Duration::from_millis(500)),

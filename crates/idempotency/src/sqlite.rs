@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::M;
 use sofiia_core_domain::{DynClock, SystemClock, Timestamp};
-use sofiia_sqlite_support::{ConnectionRole, Setup, Writer, WriterOptions, migrate};
+use sofiia_sqlite_support::{ConnectionRole, Durability, Setup, Writer, WriterOptions, migrate};
 
 use crate::codec::{decode_headers, encode_headers};
 use crate::fingerprint::ttl_millis;
@@ -122,10 +122,17 @@ impl SqliteOptions {
 
 /// Keys in one SQLite file: the default of a console on one machine.
 ///
-/// **Durability.** WAL mode with `synchronous = FULL`: an operation returns
-/// only once it is on disk (`fsync`), so a key completed before a crash, a
-/// kill or a power loss is replayed after the restart, and a pending result
-/// held before one is resumed after it. Writes of many callers share one
+/// **Durability.** WAL mode with `synchronous = FULL`: a completed key and a
+/// held pending result are answered only once they are on disk (`fsync`),
+/// so a key completed before a crash, a kill or a power loss is replayed
+/// after the restart, and a pending result held before one is resumed after
+/// it. Reserving and releasing a key are committed without waiting for the
+/// disk ([`Durability::Committed`](sofiia_sqlite_support::Durability)): they
+/// survive the process crashing or being killed. A power loss may undo the
+/// latest of them (never one without every write after it, and never a
+/// completed or pending key, which was synced): an undone reservation
+/// leaves its key free, as a lease that ended does, so a caller can rely on
+/// no more from a durable one. Writes of many callers share one
 /// transaction and one `fsync` (group commit, see
 /// [`Writer`](sofiia_sqlite_support::Writer)).
 ///
@@ -303,6 +310,16 @@ impl SqliteIdempotencyStore {
     {
         Ok(self.writer.write(f).await?)
     }
+
+    /// A write that need not be on disk before it is answered (see the
+    /// type's documentation on durability).
+    async fn write_committed<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T, SqliteError> + Send + 'static,
+        T: Send + 'static,
+    {
+        Ok(self.writer.write_with(Durability::Committed, f).await?)
+    }
 }
 
 /// This store's settings of its connection, beside the shared ones.
@@ -323,7 +340,7 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         let fingerprint = *fingerprint;
         let now = self.clock.now();
         let token = LeaseToken::random()?;
-        self.write(move |conn| {
+        self.write_committed(move |conn| {
             let row = Row::read(conn, &slot)?.filter(|r| r.expires_at > millis(now));
             let Some(row) = row else {
                 // Absent or expired: take it.
@@ -443,7 +460,7 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         let slot = key.digest();
         let lease = *lease;
         let now = self.clock.now();
-        self.write(move |conn| {
+        self.write_committed(move |conn| {
             match Row::read(conn, &slot)? {
                 Some(row) if row.held_by(&lease, millis(now)) => {
                     if row.state == PENDING {

@@ -5,6 +5,10 @@
 //!     cargo bench -p sofiia-ratelimit --bench decision -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
+//! On Redis, `decision/redis-bare-round-trip` (an `EVALSHA` of a script
+//! that does nothing, on the same connection) runs first in the same run:
+//! `decision/redis` ÷ it is what a decision costs in round trips.
+//!
 //! Quotas are large enough that every decision is allowed, so each one
 //! reads and writes both buckets: the path a served request takes.
 
@@ -56,13 +60,22 @@ fn decision(c: &mut Criterion) {
     #[cfg(feature = "redis")]
     match std::env::var("SOFIIA_TEST_REDIS_URL") {
         Ok(url) if !url.is_empty() => {
-            let pool = deadpool_redis::Config::from_url(url)
-                .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            let conn = rt
+                .block_on(async { sofiia_ratelimit::RedisConnection::open(&url) })
                 .expect("a valid Redis URL");
+            // The same run's bare round trip: the decision's ratio to it is
+            // what the limiter adds, whatever the machine is doing.
+            c.bench_function("decision/redis-bare-round-trip", |b| {
+                b.to_async(&rt).iter(|| async {
+                    sofiia_redis_support::bare_round_trip(&conn, std::time::Duration::from_secs(2))
+                        .await
+                        .expect("Redis answers");
+                });
+            });
             // Keys expire a few ms after the run (their TTL is their time
             // to idle), so the prefix needs no cleanup.
             let prefix = format!("sofiia-bench:{}:", std::process::id());
-            let redis = Arc::new(sofiia_ratelimit::RedisRateLimiter::new(pool, prefix));
+            let redis = Arc::new(sofiia_ratelimit::RedisRateLimiter::new(conn, prefix));
             bench_limiter(c, &rt, "decision/redis", redis);
         }
         _ => eprintln!(

@@ -33,10 +33,8 @@ fn quota(var: &str, default: &str) -> Result<Quota, Box<dyn std::error::Error>> 
 fn limiter() -> Arc<DynRateLimiter> {
     #[cfg(feature = "redis")]
     if let Ok(url) = std::env::var("REDIS_URL") {
-        if let Ok(pool) =
-            deadpool_redis::Config::from_url(url).create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        {
-            return Arc::new(sofiia_ratelimit::RedisRateLimiter::new(pool, "example:"));
+        if let Ok(conn) = sofiia_ratelimit::RedisConnection::open(&url) {
+            return Arc::new(sofiia_ratelimit::RedisRateLimiter::new(conn, "example:"));
         }
         eprintln!("REDIS_URL is not a Redis URL; limiting in memory");
     }

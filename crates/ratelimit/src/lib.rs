@@ -122,6 +122,9 @@ pub mod testing;
 pub use crate::memory::MemoryRateLimiter;
 #[cfg(feature = "redis")]
 pub use crate::redis::{RedisOptions, RedisRateLimiter, TimeSource};
+#[cfg(feature = "redis")]
+/// The shared Redis connection the Redis backend is built on.
+pub use sofiia_redis_support::RedisConnection;
 
 /// The name of the IETF field that describes the policies.
 pub const RATELIMIT_POLICY_HEADER: &str = "RateLimit-Policy";

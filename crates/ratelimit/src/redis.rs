@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, ErrorKind, Script};
-use deadpool_redis::{Pool, PoolError};
+use deadpool_redis::redis::{self, Script};
 use sofiia_core_domain::DynClock;
+use sofiia_redis_support::{CallError, RedisConnection};
 
 use crate::gcra;
 use crate::{Charge, Decision, Quota, RateLimitError, RateLimiter, Result};
@@ -137,26 +137,27 @@ impl RedisOptions {
 /// cluster; the price is that rate limiting does not spread over the
 /// cluster's nodes (a few small keys and one short script per request are
 /// well within one node's means). Run a separate prefix-tagged limiter per
-/// shard of traffic if that ever becomes the bottleneck. (The pool here is
-/// a plain, single-node [`Pool`]; the layout is ready for a cluster
-/// client.)
+/// shard of traffic if that ever becomes the bottleneck. (The connection
+/// here is to one server; the layout is ready for a cluster client.)
 ///
 /// # Failures
 ///
-/// Every operation is bounded by [`RedisOptions::with_timeout`]. A pool,
-/// connection or I/O failure, a timeout, or a server that is loading or
-/// failing over is [`RateLimitError::Unavailable`]; a script error (such
-/// as a bucket key holding something else) is [`RateLimitError::Backend`].
-/// Nothing needs restarting when Redis comes back: the pool replaces broken
-/// connections and the script is loaded again on `NOSCRIPT`.
+/// Every operation is one `EVALSHA` on the shared multiplexed
+/// [`RedisConnection`], bounded by [`RedisOptions::with_timeout`]. A
+/// connection or I/O failure, a timeout, or a server that is out of memory,
+/// loading or failing over is [`RateLimitError::Unavailable`]; a script
+/// error (such as a bucket key holding something else) is
+/// [`RateLimitError::Backend`]: the classification every Redis backend
+/// shares ([`CallError::is_unavailable`]). Nothing needs restarting when
+/// Redis comes back: the connection is opened again and the script loaded
+/// again on `NOSCRIPT`.
 ///
 /// ```no_run
 /// use sofiia_ratelimit::{Charge, Quota, RateLimiter, RedisRateLimiter};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
-///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-/// let limiter = RedisRateLimiter::new(pool, "sofiia:");
+/// let conn = sofiia_ratelimit::RedisConnection::open("redis://127.0.0.1:6379")?;
+/// let limiter = RedisRateLimiter::new(conn, "sofiia:");
 /// let decision = limiter
 ///     .check(&[Charge::new("chat", "incident-42", Quota::per_minute(20)?)])
 ///     .await?;
@@ -165,7 +166,7 @@ impl RedisOptions {
 /// # }
 /// ```
 pub struct RedisRateLimiter {
-    pool: Pool,
+    conn: RedisConnection,
     /// `<prefix>{rl}:`, braces in the prefix escaped.
     key_prefix: String,
     options: RedisOptions,
@@ -175,16 +176,20 @@ pub struct RedisRateLimiter {
 impl RedisRateLimiter {
     /// A limiter on `pool` with default options, its keys starting with
     /// `prefix`.
-    pub fn new(pool: Pool, prefix: impl Into<String>) -> Self {
-        Self::with_options(pool, prefix, RedisOptions::default())
+    pub fn new(conn: RedisConnection, prefix: impl Into<String>) -> Self {
+        Self::with_options(conn, prefix, RedisOptions::default())
     }
 
     /// A limiter on `pool` with the given options.
-    pub fn with_options(pool: Pool, prefix: impl Into<String>, options: RedisOptions) -> Self {
+    pub fn with_options(
+        conn: RedisConnection,
+        prefix: impl Into<String>,
+        options: RedisOptions,
+    ) -> Self {
         let prefix = prefix.into();
         let key_prefix = sofiia_redis_support::tagged_key_prefix(&prefix, HASH_TAG);
         Self {
-            pool,
+            conn,
             key_prefix,
             options,
             script: Script::new(SCRIPT),
@@ -233,12 +238,10 @@ impl RedisRateLimiter {
             invocation.arg(charge.quota.interval_micros());
             invocation.arg(charge.quota.count().get());
         }
-        let reply: Vec<i64> = self
-            .bounded(async {
-                let mut conn = self.pool.get().await?;
-                Ok(invocation.invoke_async(&mut conn).await?)
-            })
-            .await?;
+        let reply =
+            sofiia_redis_support::invoke(&self.conn, self.options.timeout, &invocation).await?;
+        let reply: Vec<i64> = redis::FromRedisValue::from_redis_value(reply)
+            .map_err(|_| RedisError::UnexpectedReply)?;
 
         let (script_allowed, now, tats) = match reply.as_slice() {
             [allowed, now, tats @ ..] if tats.len() == charges.len() => (*allowed, *now, tats),
@@ -256,16 +259,6 @@ impl RedisRateLimiter {
             return Err(RedisError::Inconsistent);
         }
         Ok(decision)
-    }
-
-    /// Runs `op` within the operation timeout.
-    async fn bounded<T>(
-        &self,
-        op: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, RedisError> {
-        tokio::time::timeout(self.options.timeout, op)
-            .await
-            .map_err(|_| RedisError::Timeout(self.options.timeout))?
     }
 }
 
@@ -305,12 +298,13 @@ impl RateLimiter for RedisRateLimiter {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.bounded(async {
-            let mut conn = self.pool.get().await?;
-            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-            Ok(())
-        })
-        .await?;
+        sofiia_redis_support::query::<String>(
+            &self.conn,
+            self.options.timeout,
+            &redis::cmd("PING"),
+        )
+        .await
+        .map_err(RedisError::from)?;
         Ok(())
     }
 }
@@ -319,12 +313,8 @@ impl RateLimiter for RedisRateLimiter {
 /// the trait boundary, and kept as its source.
 #[derive(Debug, thiserror::Error)]
 enum RedisError {
-    #[error("no Redis connection could be had")]
-    Pool(#[from] PoolError),
-    #[error("Redis failed")]
-    Redis(#[from] redis::RedisError),
-    #[error("Redis did not answer within {0:?}")]
-    Timeout(Duration),
+    #[error(transparent)]
+    Call(#[from] CallError),
     #[error("the rate-limit script's reply does not have the expected shape")]
     UnexpectedReply,
     #[error("the rate-limit script and this client disagree on a decision")]
@@ -333,28 +323,12 @@ enum RedisError {
     ClockOutOfRange,
 }
 
-/// Whether a later retry may succeed: the server or the way to it is down,
-/// busy, out of memory, loading or failing over. Anything else the server
-/// says (a script error, a wrong type, a refused login) is not transient.
-fn redis_is_transient(err: &redis::RedisError) -> bool {
-    sofiia_redis_support::is_transient(err)
-        // Beyond the shared list, the limiter also counts a server out of
-        // memory and cluster redirections as transient. They stay here: the
-        // idempotency store reports them as `Backend`, and moving them into
-        // the shared list would change what one of the two answers.
-        || err.code() == Some("OOM")
-        || err.is_cluster_error()
-        || err.kind() == ErrorKind::ClusterConnectionNotFound
-}
-
 impl RedisError {
+    /// Whether a later retry may succeed: the one classification of every
+    /// Redis backend ([`CallError::is_unavailable`]).
     fn is_transient(&self) -> bool {
         match self {
-            RedisError::Redis(e) => redis_is_transient(e),
-            RedisError::Pool(e) => {
-                sofiia_redis_support::pool_error_is_transient(e, redis_is_transient)
-            }
-            RedisError::Timeout(_) => true,
+            RedisError::Call(e) => e.is_unavailable(),
             _ => false,
         }
     }
@@ -393,7 +367,7 @@ mod tests {
                 // The test clock stands still; keys must not expire under it.
                 .with_ttl_grace(Duration::from_secs(3600));
             let limiter =
-                RedisRateLimiter::with_options(redis.pool.clone(), &redis.prefix, options);
+                RedisRateLimiter::with_options(redis.conn.clone(), &redis.prefix, options);
             Some(TestLimiter::with_guard(limiter, redis))
         }
     );
@@ -402,10 +376,8 @@ mod tests {
         Charge::new(policy, key, quota.parse().unwrap())
     }
 
-    fn pool(url: &str) -> Pool {
-        deadpool_redis::Config::from_url(url)
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .unwrap()
+    fn conn(url: &str) -> RedisConnection {
+        sofiia_testkit::connection(url)
     }
 
     fn source(err: &RateLimitError) -> &RedisError {
@@ -414,9 +386,9 @@ mod tests {
             .expect("the Redis error is kept as the source")
     }
 
-    #[test]
-    fn keys_share_one_hash_tag_and_escape_user_input() {
-        let limiter = RedisRateLimiter::new(pool("redis://127.0.0.1:1"), "app:");
+    #[tokio::test]
+    async fn keys_share_one_hash_tag_and_escape_user_input() {
+        let limiter = RedisRateLimiter::new(conn("redis://127.0.0.1:1"), "app:");
         assert_eq!(limiter.bucket_key("chat", "c1"), "app:{rl}:chat:c1");
         assert_eq!(
             limiter.bucket_key("chat", "a:b%{c}\n é"),
@@ -434,7 +406,7 @@ mod tests {
             &key[open + 1..close]
         }
         for prefix in ["", "app:", "x{}", "a{b", "a}b{", "{}{"] {
-            let limiter = RedisRateLimiter::new(pool("redis://127.0.0.1:1"), prefix);
+            let limiter = RedisRateLimiter::new(conn("redis://127.0.0.1:1"), prefix);
             for (policy, key) in [("chat", "{x}"), ("operator", "}{"), ("p", "")] {
                 assert_eq!(tag(&limiter.bucket_key(policy, key)), "rl", "{prefix:?}");
             }
@@ -449,7 +421,7 @@ mod tests {
         let Some(redis) = RedisTestContext::new("ratelimit-server-time").await else {
             return;
         };
-        let limiter = RedisRateLimiter::new(redis.pool.clone(), &redis.prefix);
+        let limiter = RedisRateLimiter::new(redis.conn.clone(), &redis.prefix);
         assert!(matches!(
             limiter.options().time_source(),
             TimeSource::Server
@@ -471,7 +443,7 @@ mod tests {
         let Some(redis) = RedisTestContext::new("ratelimit-ttl").await else {
             return;
         };
-        let limiter = RedisRateLimiter::new(redis.pool.clone(), &redis.prefix);
+        let limiter = RedisRateLimiter::new(redis.conn.clone(), &redis.prefix);
         for i in 0..4 {
             let charges = [
                 charge("chat", &format!("ttl-{i}"), "20/min"),
@@ -489,7 +461,7 @@ mod tests {
         );
         assert_eq!(redis.key_count().await, 5);
 
-        let mut conn = redis.pool.get().await.unwrap();
+        let mut conn = redis.conn.manager();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", redis.prefix))
             .query_async(&mut conn)
@@ -521,8 +493,8 @@ mod tests {
         let Some(redis) = RedisTestContext::new("ratelimit-corrupt").await else {
             return;
         };
-        let limiter = RedisRateLimiter::new(redis.pool.clone(), &redis.prefix);
-        let mut conn = redis.pool.get().await.unwrap();
+        let limiter = RedisRateLimiter::new(redis.conn.clone(), &redis.prefix);
+        let mut conn = redis.conn.manager();
         let _: () = redis::cmd("SET")
             .arg(limiter.bucket_key("chat", "text"))
             .arg("not a number")
@@ -545,7 +517,10 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(err, RateLimitError::Backend { .. }), "{err:?}");
-            assert!(matches!(source(&err), RedisError::Redis(_)), "{err:?}");
+            assert!(
+                matches!(source(&err), RedisError::Call(CallError::Redis(_))),
+                "{err:?}"
+            );
         }
         // All or none: the operator bucket was not charged by either.
         assert_eq!(redis.key_count().await, 2);
@@ -561,7 +536,7 @@ mod tests {
         };
         let options = RedisOptions::default().with_timeout(Duration::from_secs(600));
         let limiter = RedisRateLimiter::with_options(
-            pool(&format!("redis://127.0.0.1:{port}")),
+            conn(&format!("redis://127.0.0.1:{port}")),
             "x:",
             options,
         );
@@ -570,7 +545,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RateLimitError::Unavailable { .. }), "{err:?}");
-        assert!(matches!(source(&err), RedisError::Pool(_)), "{err:?}");
+        assert!(
+            matches!(source(&err), RedisError::Call(CallError::Redis(e)) if e.is_connection_refusal()),
+            "{err:?}"
+        );
         let err = limiter.ping().await.unwrap_err();
         assert!(matches!(err, RateLimitError::Unavailable { .. }), "{err:?}");
     }
@@ -585,7 +563,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let options = RedisOptions::default().with_timeout(Duration::from_millis(200));
         let limiter = RedisRateLimiter::with_options(
-            pool(&format!("redis://127.0.0.1:{port}")),
+            conn(&format!("redis://127.0.0.1:{port}")),
             "x:",
             options,
         );
@@ -594,9 +572,15 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RateLimitError::Unavailable { .. }), "{err:?}");
-        assert!(matches!(source(&err), RedisError::Timeout(_)), "{err:?}");
+        assert!(
+            matches!(source(&err), RedisError::Call(CallError::Timeout(_))),
+            "{err:?}"
+        );
         let err = limiter.ping().await.unwrap_err();
-        assert!(matches!(source(&err), RedisError::Timeout(_)), "{err:?}");
+        assert!(
+            matches!(source(&err), RedisError::Call(CallError::Timeout(_))),
+            "{err:?}"
+        );
         drop(listener);
     }
 
@@ -608,7 +592,7 @@ mod tests {
             return;
         };
         let limiter = RedisRateLimiter::with_options(
-            pool(&server.url()),
+            conn(&server.url()),
             "recovery:",
             RedisOptions::default().with_timeout(Duration::from_secs(5)),
         );
@@ -630,29 +614,30 @@ mod tests {
         assert_eq!(d.policies[0].remaining, 1);
     }
 
-    /// On top of the shared list: a server out of memory and cluster
-    /// redirections.
+    /// The shared classification: a server out of memory or loading is
+    /// unavailable; a redirection (this client talks to one server) or a
+    /// wrong type needs a person.
     #[test]
-    fn oom_and_cluster_redirections_are_transient_too() {
+    fn the_limiter_classifies_as_every_redis_backend_does() {
         let transient = |line: &str| {
             let err = redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
                 .and_then(|v| v.extract_error())
                 .expect_err("an error reply");
-            RedisError::Redis(err).is_transient()
+            RedisError::Call(CallError::Redis(err)).is_transient()
         };
         assert!(transient("OOM used memory > maxmemory"));
-        assert!(transient("MOVED 3999 127.0.0.1:6381") && transient("ASK 3999 x:1"));
         assert!(transient("LOADING Redis is loading the dataset in memory"));
+        assert!(!transient("MOVED 3999 127.0.0.1:6381"));
         assert!(!transient("WRONGTYPE wrong kind of value"));
-        let gone = redis::RedisError::from((ErrorKind::ClusterConnectionNotFound, "gone"));
-        assert!(RedisError::Redis(gone).is_transient());
+        assert!(RedisError::Call(CallError::Timeout(Duration::from_secs(1))).is_transient());
+        assert!(!RedisError::UnexpectedReply.is_transient());
     }
 
     #[tokio::test]
     async fn a_client_clock_beyond_lua_precision_is_refused() {
         let clock = Arc::new(ManualClock::new(sofiia_core_domain::Timestamp::MAX));
         let options = RedisOptions::default().with_time_source(TimeSource::Client(clock));
-        let limiter = RedisRateLimiter::with_options(pool("redis://127.0.0.1:1"), "x:", options);
+        let limiter = RedisRateLimiter::with_options(conn("redis://127.0.0.1:1"), "x:", options);
         let err = limiter
             .check(&[charge("chat", "c", "1/s")])
             .await

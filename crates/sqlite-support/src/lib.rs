@@ -55,7 +55,7 @@ use rusqlite_migration::{M, Migrations};
 
 mod writer;
 
-pub use crate::writer::{Writer, WriterOptions, WriterStats};
+pub use crate::writer::{Durability, Writer, WriterOptions, WriterStats};
 
 /// What a connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

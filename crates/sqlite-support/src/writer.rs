@@ -52,6 +52,24 @@ impl WriterOptions {
     }
 }
 
+/// How far a write is taken before its caller gets the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// As far as the connection's `synchronous` setting takes every commit
+    /// (with `FULL`, onto the disk: it survives a power loss). What
+    /// [`Writer::write`] does.
+    #[default]
+    Synced,
+    /// Committed and visible to every reader, without waiting for the disk
+    /// (`synchronous = NORMAL` for its transaction when the connection's
+    /// setting is higher). It survives the process crashing or being
+    /// killed; a power loss or an OS crash may undo it. In WAL mode it is
+    /// never undone without every write committed after it on the same file:
+    /// the next synced commit takes it onto the disk too. A batch holding
+    /// any synced write is synced as a whole.
+    Committed,
+}
+
 /// What a [`Writer`] has done since it was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -92,7 +110,7 @@ type Job = Box<dyn FnOnce(Result<&Connection, Error>) -> Ran + Send>;
 type ExclusiveJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
 enum Command {
-    Write(Job),
+    Write(Job, Durability),
     Exclusive(ExclusiveJob),
 }
 
@@ -191,11 +209,18 @@ impl Writer {
                 if ready.send(Ok(())).is_err() {
                     return;
                 }
+                // The level the connection was set up with: what a synced
+                // batch runs at.
+                let synced = conn
+                    .query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                    .unwrap_or(SYNC_FULL);
                 Thread {
                     conn,
                     commands,
                     counters: thread_counters,
                     max_batch,
+                    synced,
+                    current: synced,
                 }
                 .run();
             })
@@ -245,6 +270,21 @@ impl Writer {
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
+        self.write_with(Durability::Synced, f).await
+    }
+
+    /// [`write`](Self::write), taken only as far as `durability` asks
+    /// before it is answered.
+    ///
+    /// # Errors
+    ///
+    /// As for [`write`](Self::write).
+    pub async fn write_with<T, E, F>(&self, durability: Durability, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
         let counters = Arc::clone(&self.inner.counters);
         let job: Job = Box::new(move |conn: Result<&Connection, Error>| {
@@ -265,7 +305,9 @@ impl Writer {
                 }),
             }
         });
-        self.submit(Command::Write(job)).await.map_err(E::from)?;
+        self.submit(Command::Write(job, durability))
+            .await
+            .map_err(E::from)?;
         self.inner.counters.submitted.fetch_add(1, Ordering::SeqCst);
         // A closed channel means the job was dropped unanswered: it panicked.
         answer
@@ -329,7 +371,16 @@ struct Thread {
     commands: mpsc::Receiver<Command>,
     counters: Arc<Counters>,
     max_batch: usize,
+    /// The connection's own `synchronous` level (0 OFF, 1 NORMAL, 2 FULL,
+    /// 3 EXTRA): what synced batches run at.
+    synced: i64,
+    /// The level set now.
+    current: i64,
 }
+
+/// `PRAGMA synchronous` levels.
+const SYNC_NORMAL: i64 = 1;
+const SYNC_FULL: i64 = 2;
 
 impl Thread {
     fn run(mut self) {
@@ -344,11 +395,15 @@ impl Thread {
                 },
             };
             match command {
-                Command::Write(job) => {
+                Command::Write(job, durability) => {
+                    let mut synced = durability == Durability::Synced;
                     let mut batch = vec![job];
                     while batch.len() < self.max_batch {
                         match self.commands.try_recv() {
-                            Ok(Command::Write(job)) => batch.push(job),
+                            Ok(Command::Write(job, durability)) => {
+                                synced |= durability == Durability::Synced;
+                                batch.push(job);
+                            }
                             Ok(other) => {
                                 // Exclusive work ends the batch and runs
                                 // right after it, keeping the callers' order.
@@ -358,7 +413,15 @@ impl Thread {
                             Err(_) => break,
                         }
                     }
-                    self.commit(batch);
+                    let level = if synced {
+                        self.synced
+                    } else {
+                        self.synced.min(SYNC_NORMAL)
+                    };
+                    match self.set_level(level) {
+                        Ok(()) => self.commit(batch),
+                        Err(err) => self.refuse(batch, err),
+                    }
                 }
                 Command::Exclusive(job) => {
                     // A panic drops the reply, which its caller sees.
@@ -368,19 +431,45 @@ impl Thread {
         }
     }
 
+    /// Sets `synchronous` for the next transaction (outside any: SQLite
+    /// ignores it inside one). A level that cannot be lowered stays higher,
+    /// which only costs time; one that cannot be raised back is an error,
+    /// so that no synced write is ever committed at a lower level.
+    fn set_level(&mut self, level: i64) -> rusqlite::Result<()> {
+        if level == self.current {
+            return Ok(());
+        }
+        match self
+            .conn
+            .execute_batch(&format!("PRAGMA synchronous = {level}"))
+        {
+            Ok(()) => {
+                self.current = level;
+                Ok(())
+            }
+            Err(_) if level < self.current => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Answers every write of `batch` with `err` without running it.
+    fn refuse(&mut self, batch: Vec<Job>, err: rusqlite::Error) {
+        let err = Arc::new(err);
+        self.counters
+            .failed_transactions
+            .fetch_add(1, Ordering::SeqCst);
+        for job in batch {
+            let ran = job(Err(Error::Batch(Arc::clone(&err))));
+            (ran.finish)(None);
+        }
+    }
+
     /// Runs `batch` in as few transactions as SQLite lets it: normally one.
     fn commit(&mut self, batch: Vec<Job>) {
         let mut queue: VecDeque<Job> = batch.into();
         while !queue.is_empty() {
             if let Err(err) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-                let err = Arc::new(err);
-                self.counters
-                    .failed_transactions
-                    .fetch_add(1, Ordering::SeqCst);
-                for job in queue {
-                    let ran = job(Err(Error::Batch(Arc::clone(&err))));
-                    (ran.finish)(None);
-                }
+                self.refuse(queue.into(), err);
                 return;
             }
             let mut ran = Vec::new();
@@ -724,6 +813,53 @@ mod tests {
         }
         assert_eq!(count(writer.path()), 1);
         assert!(format!("{writer:?}").contains("writer.sqlite3"));
+    }
+
+    fn level(conn: &Connection) -> Result<i64, TestError> {
+        Ok(conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_writes_skip_the_sync_unless_a_synced_write_shares_their_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Writer::open(
+            &dir.path().join("levels.sqlite3"),
+            Setup::new(Duration::from_secs(5))
+                .with_tune(|conn, _| conn.execute_batch("PRAGMA synchronous = FULL")),
+            WriterOptions::default(),
+            |conn| Ok(conn.execute_batch("CREATE TABLE t (x INTEGER NOT NULL UNIQUE)")?),
+        )
+        .await
+        .unwrap();
+        let committed = writer.write_with(Durability::Committed, level).await;
+        assert_eq!(committed.unwrap(), SYNC_NORMAL);
+        assert_eq!(writer.write(level).await.unwrap(), SYNC_FULL);
+        assert_eq!(
+            writer
+                .write_with(Durability::Committed, level)
+                .await
+                .unwrap(),
+            SYNC_NORMAL
+        );
+        // Queued together behind a held write: one batch, synced.
+        let (gate, held) = hold(&writer).await;
+        let lazy = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.write_with(Durability::Committed, level).await })
+        };
+        queued(&writer, 1).await;
+        let synced = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.write(level).await })
+        };
+        queued(&writer, 2).await;
+        gate.wait();
+        held.await.unwrap().unwrap();
+        assert_eq!(lazy.await.unwrap().unwrap(), SYNC_FULL);
+        assert_eq!(synced.await.unwrap().unwrap(), SYNC_FULL);
+        // The connection's own level is what synced batches keep.
+        let after = writer.exclusive(|conn| level(conn)).await.unwrap();
+        assert_eq!(after, SYNC_FULL);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@
 //! let Some(redis) = sofiia_testkit::RedisTestContext::new("my-test").await else {
 //!     return; // skipped loudly
 //! };
-//! let _conn = redis.pool.get().await.unwrap();
+//! let _conn = redis.conn.manager();
 //! # }
 //! ```
 use std::io::Write as _;
@@ -30,7 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis;
-use deadpool_redis::{Config, Pool, Runtime};
+use sofiia_redis_support::RedisConnection;
 
 mod guarded;
 mod suite;
@@ -60,21 +60,13 @@ fn skip_or_fail<T>(test: &str, why: &str) -> Option<T> {
     None
 }
 
-/// A pool on `url` with short timeouts, as tests want them.
+/// The shared connection the backends use, on `url`.
 ///
 /// # Panics
 ///
-/// If `url` is not a valid Redis URL.
-pub fn pool(url: &str) -> Pool {
-    let mut config = Config::from_url(url);
-    let mut pool_config = deadpool_redis::PoolConfig::new(16);
-    pool_config.timeouts.wait = Some(Duration::from_secs(2));
-    pool_config.timeouts.create = Some(Duration::from_secs(2));
-    pool_config.timeouts.recycle = Some(Duration::from_secs(2));
-    config.pool = Some(pool_config);
-    config
-        .create_pool(Some(Runtime::Tokio1))
-        .unwrap_or_else(|e| panic!("invalid Redis URL {url}: {e}"))
+/// If `url` is not a valid Redis URL, or outside a tokio runtime.
+pub fn connection(url: &str) -> RedisConnection {
+    RedisConnection::open(url).unwrap_or_else(|e| panic!("invalid Redis URL {url}: {e}"))
 }
 
 /// The test Redis's URL, or `None` (after a loud message) when tests may skip.
@@ -93,8 +85,8 @@ pub fn redis_url(test: &str) -> Option<String> {
 pub struct RedisTestContext {
     /// The server's URL.
     pub url: String,
-    /// A pool on it.
-    pub pool: Pool,
+    /// A connection to it, as the backends take it.
+    pub conn: RedisConnection,
     /// A prefix no other test uses, ending in `:`.
     pub prefix: String,
 }
@@ -115,20 +107,20 @@ impl RedisTestContext {
     /// When Redis is required (`SOFIIA_REQUIRE_REDIS=1`) and does not answer.
     pub async fn new(test: &str) -> Option<Self> {
         let url = redis_url(test)?;
-        let pool = pool(&url);
-        let answered = match pool.get().await {
-            Ok(mut conn) => redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let conn = connection(&url);
+        let answered = sofiia_redis_support::query::<String>(
+            &conn,
+            Duration::from_secs(2),
+            &redis::cmd("PING"),
+        )
+        .await
+        .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)));
         if let Err(e) = answered {
             return skip_or_fail(test, &format!("Redis at {url} does not answer ({e})"));
         }
         Some(Self {
             url,
-            pool,
+            conn,
             prefix: format!("sofiia-test:{}:", uuid::Uuid::new_v4().simple()),
         })
     }
@@ -139,7 +131,7 @@ impl RedisTestContext {
     ///
     /// If Redis fails.
     pub async fn key_count(&self) -> usize {
-        let mut conn = self.pool.get().await.expect("redis connection");
+        let mut conn = self.conn.manager();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.prefix))
             .query_async(&mut conn)

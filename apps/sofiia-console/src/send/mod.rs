@@ -14,7 +14,8 @@
 //!    stopped before storing the result is *resumed*: steps 5 and 6 run
 //!    from the kept reply.
 //! 2. **Validate**: choose the node (the send's, else the chat's, else the
-//!    default); an unknown node is 400.
+//!    default); an unknown node is 400. A chat's node never changes, so
+//!    the chats this process has seen are remembered and not read again.
 //! 3. **Charge** the chat's and the operator's quotas, all or nothing: 429,
 //!    or 503 when the limiter is unreachable (unless it fails open).
 //! 4. **Infer** on the node, with a node-side key derived from the operator
@@ -24,7 +25,7 @@
 //!    retry runs again). From here on the key is never released.
 //! 5. **Store**: keep the reply with the key (the *pending result*), then
 //!    store the exchange in the chat index and its `chat.send` event in the
-//!    audit trail. Every attempt has a deadline; failed attempts are retried
+//!    audit trail, both at once. Every attempt has a deadline; failed attempts are retried
 //!    with a growing delay until they succeed. The caller gets 503 after the
 //!    first attempts fail, and every retry of the key gets 503 until the
 //!    exchange is stored, then the original answer.
@@ -35,6 +36,7 @@
 //! once the outcome is known.
 
 mod active;
+mod chats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +58,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use self::active::{Active, ActiveSends, Busy, Phase};
+use self::chats::KnownChats;
 use crate::auditor::{AuditUnavailable, Auditor, Event};
 use crate::request::RequestMeta;
 
@@ -306,6 +309,7 @@ pub struct Sender {
 struct Inner {
     parts: SendParts,
     active: Arc<ActiveSends>,
+    chats: KnownChats,
     tasks: TaskTracker,
     runtime: tokio::runtime::Handle,
 }
@@ -336,6 +340,7 @@ impl Sender {
             inner: Arc::new(Inner {
                 parts,
                 active: Arc::new(ActiveSends::default()),
+                chats: KnownChats::default(),
                 tasks: TaskTracker::new(),
                 runtime: tokio::runtime::Handle::current(),
             }),
@@ -523,14 +528,23 @@ impl Sender {
     /// chat.
     async fn validate(&self, req: &SendRequest) -> Result<(NodeId, bool), SendError> {
         let parts = self.parts();
-        let chat = self
-            .within(Store::ChatIndex, parts.chat_index.get_chat(&req.chat_id))
-            .await?;
-        let chat_created = chat.is_none();
+        let chat_node = match self.inner.chats.node(&req.chat_id) {
+            Some(node) => Some(node),
+            None => {
+                let chat = self
+                    .within(Store::ChatIndex, parts.chat_index.get_chat(&req.chat_id))
+                    .await?;
+                if let Some(chat) = &chat {
+                    self.inner.chats.remember(&chat.id, &chat.node);
+                }
+                chat.map(|c| c.node)
+            }
+        };
+        let chat_created = chat_node.is_none();
         let node = req
             .node
             .clone()
-            .or_else(|| chat.map(|c| c.node))
+            .or(chat_node)
             .unwrap_or_else(|| parts.router.default_node().clone());
         if !parts.router.knows(&node) {
             return Err(SendError::UnknownNode { node });
@@ -680,47 +694,76 @@ impl Sender {
         progress: &mut Progress,
         response: &StoredResponse,
     ) -> Result<Stored, BoxError> {
-        let parts = self.parts();
         match pending.hold().await? {
             Held::Held => {}
             Held::Completed(answer) => return Ok(Stored::CompletedElsewhere(answer)),
             Held::TakenOver => return Ok(Stored::TakenOver),
         }
-        if !progress.exchange {
-            parts
-                .chat_index
-                .append_exchange(work.new_chat(), &work.exchange())
-                .await?;
-            progress.exchange = true;
-        }
-        if !progress.audited {
-            // The event may be written already: by the holder this send was
-            // resumed from, or by an earlier attempt that timed out after
-            // handing it to the trail. It is looked up then, not written twice.
-            let maybe_written = resumed || progress.audit_tried;
-            progress.audit_tried = true;
-            let written = maybe_written
-                && parts
-                    .auditor
-                    .has_event(
-                        work.message.operator_id.as_str(),
-                        "chat.send",
-                        work.message.ts,
-                        "message_id",
-                        &work.message.id.to_string(),
-                    )
-                    .await?;
-            if !written {
-                let event = audit_event(Recorded::Stored { work, resumed });
-                parts.auditor.record(&work.meta, event).await?;
-            }
-            progress.audited = true;
-        }
+        // The exchange and the send's event do not depend on each other:
+        // both are written at once, and the key completes once both are.
+        // An attempt that runs out of time is dropped mid-way: what it may
+        // have handed to the trail is marked before it starts. (Appending
+        // the same exchange again stores nothing new.)
+        let tried = progress.audit_tried;
+        progress.audit_tried |= !progress.audited;
+        let (exchange, audited) = futures_util::join!(
+            self.store_exchange(work, progress.exchange),
+            self.store_event(work, resumed, tried, progress.audited),
+        );
+        progress.exchange |= exchange.is_ok();
+        progress.audited |= audited.is_ok();
+        exchange?;
+        audited?;
         match pending.complete(response).await {
             Ok(()) => Ok(Stored::Done),
             Err(sofiia_idempotency::IdempotencyError::LeaseLost) => Ok(Stored::TakenOver),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The exchange into the chat index, unless an earlier attempt stored it.
+    async fn store_exchange(&self, work: &PendingSend, stored: bool) -> Result<(), BoxError> {
+        if !stored {
+            let chat = self
+                .parts()
+                .chat_index
+                .append_exchange(work.new_chat(), &work.exchange())
+                .await?;
+            self.inner.chats.remember(&chat.id, &chat.node);
+        }
+        Ok(())
+    }
+
+    /// The send's `chat.send` event into the audit trail, unless it is there.
+    async fn store_event(
+        &self,
+        work: &PendingSend,
+        resumed: bool,
+        tried: bool,
+        audited: bool,
+    ) -> Result<(), BoxError> {
+        if audited {
+            return Ok(());
+        }
+        let auditor = &self.parts().auditor;
+        // The event may be written already: by the holder this send was
+        // resumed from, or by an earlier attempt that timed out after
+        // handing it to the trail. It is looked up then, not written twice.
+        let written = (resumed || tried)
+            && auditor
+                .has_event(
+                    work.message.operator_id.as_str(),
+                    "chat.send",
+                    work.message.ts,
+                    "message_id",
+                    &work.message.id.to_string(),
+                )
+                .await?;
+        if !written {
+            let event = audit_event(Recorded::Stored { work, resumed });
+            auditor.record(&work.meta, event).await?;
+        }
+        Ok(())
     }
 
     /// Audits, logs and counts the outcome; what to answer.
