@@ -200,12 +200,16 @@ fn run(cli: &Cli) -> Result<String, String> {
         out.push_str(&report::audit(&report));
     }
     if all || matches!(command, Command::Memory) {
-        let backends: &[&'static str] = if settings.quick {
-            &["inmemory"]
+        let configs: &[(&'static str, &'static str)] = if settings.quick {
+            &[("inmemory", "inmemory")]
         } else {
-            &["inmemory", "sqlite"]
+            &[
+                ("inmemory", "inmemory"),
+                ("sqlite", "inmemory"),
+                ("inmemory", "sqlite"),
+            ]
         };
-        let rows = memory::run(&rig, backends)?;
+        let rows = memory::run(&rig, configs)?;
         out.push('\n');
         out.push_str(&report::memory(&rows));
     }

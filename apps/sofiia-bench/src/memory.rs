@@ -4,9 +4,11 @@
 //! `--operators` tokens and every send goes to a chat of its own, the
 //! operators taking turns. Resident memory (`VmRSS`, and the peak `VmHWM`)
 //! is read from `/proc/<pid>/status` after a short warm-up and again after
-//! the sends. Run once with every backend in memory and once with the SQLite
-//! chat index (idempotency and limits still in memory), the difference is
-//! what the in-memory chat index itself holds.
+//! the sends. Run with every backend in memory and with the SQLite chat
+//! index (idempotency and limits still in memory): the difference is what
+//! the in-memory chat index itself holds. A full run adds the in-memory
+//! chat index beside the default idempotency store (SQLite), whose keys are
+//! not held in memory.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +22,7 @@ use crate::workloads::Sends;
 #[derive(Debug, Clone)]
 pub(crate) struct MemoryRow {
     pub chat_index: &'static str,
+    pub idempotency: &'static str,
     pub chats: u64,
     pub operators: u32,
     pub before: Memory,
@@ -36,22 +39,26 @@ impl MemoryRow {
     }
 }
 
-/// Runs the memory measurement for each chat index backend in `backends`.
+/// Runs the memory measurement for each `(chat index, idempotency)` pair of
+/// backends in `configs`.
 ///
 /// # Errors
 ///
 /// When a process does not start or memory cannot be read.
-pub(crate) fn run(rig: &Rig, backends: &[&'static str]) -> Result<Vec<MemoryRow>, String> {
+pub(crate) fn run(
+    rig: &Rig,
+    configs: &[(&'static str, &'static str)],
+) -> Result<Vec<MemoryRow>, String> {
     let s = &rig.settings;
     let stub = rig.stub()?;
     let tokens = operator_tokens(&rig.session, s.operators);
     let token_values: Vec<String> = tokens.iter().map(|(_, t)| t.clone()).collect();
     let mut rows = Vec::new();
-    for &backend in backends {
-        let spec = ConsoleSpec::new(&format!("memory-{backend}"))
+    for &(backend, idempotency) in configs {
+        let spec = ConsoleSpec::new(&format!("memory-{backend}-{idempotency}"))
             .var("SOFIIA_OPERATOR_TOKENS", tokens_var(&tokens))
             .var("SOFIIA_CHAT_INDEX_BACKEND", backend)
-            .var("SOFIIA_IDEMPOTENCY_BACKEND", "inmemory")
+            .var("SOFIIA_IDEMPOTENCY_BACKEND", idempotency)
             .var("SOFIIA_RATE_LIMIT_BACKEND", "inmemory");
         let console = rig
             .console(&spec, &stub)
@@ -69,8 +76,8 @@ pub(crate) fn run(rig: &Rig, backends: &[&'static str]) -> Result<Vec<MemoryRow>
                     Sends::new(
                         console.addr(),
                         &token_values,
-                        &format!("{label}-{backend}"),
-                        &format!("{}-{label}-{backend}", rig.session),
+                        &format!("{label}-{backend}-{idempotency}"),
+                        &format!("{}-{label}-{backend}-{idempotency}", rig.session),
                     )
                     .spread(),
                 ),
@@ -85,7 +92,7 @@ pub(crate) fn run(rig: &Rig, backends: &[&'static str]) -> Result<Vec<MemoryRow>
         let took = started.elapsed();
         let after = console.memory().map_err(|e| format!("memory: {e}"))?;
         crate::progress(&format!(
-            "memory: {backend} chat index: {} KiB → {} KiB after {} chats ({:.0} sends/s, {} errors)",
+            "memory: {backend} chat index, {idempotency} keys: {} KiB → {} KiB after {} chats ({:.0} sends/s, {} errors)",
             before.rss_kib,
             after.rss_kib,
             s.memory_chats,
@@ -97,6 +104,7 @@ pub(crate) fn run(rig: &Rig, backends: &[&'static str]) -> Result<Vec<MemoryRow>
         }
         rows.push(MemoryRow {
             chat_index: backend,
+            idempotency,
             chats: s.memory_chats,
             operators: s.operators,
             before,
@@ -117,6 +125,7 @@ mod tests {
     fn growth_per_chat_in_bytes() {
         let row = MemoryRow {
             chat_index: "inmemory",
+            idempotency: "inmemory",
             chats: 1000,
             operators: 10,
             before: Memory {

@@ -373,21 +373,22 @@ pub(crate) fn memory(rows: &[MemoryRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## Console memory after sends to distinct chats\n\nEach send goes to a chat of its own; operators take turns. Idempotency and rate limits in memory (their default capacities: 100 000 keys, 100 000 buckets). VmRSS from `/proc/<pid>/status` after 500 warm-up sends and after the measured sends.\n"
+        "## Console memory after sends to distinct chats\n\nEach send goes to a chat of its own; operators take turns. Rate limits in memory (default capacity: 100 000 buckets); idempotency keys in memory (default capacity: 100 000 keys) or in SQLite (the default store, which keeps them on disk). VmRSS from `/proc/<pid>/status` after 500 warm-up sends and after the measured sends.\n"
     );
     let _ = writeln!(
         out,
-        "| chat index | chats | operators | RSS before | RSS after | growth | per chat | peak (VmHWM) | sends/s while filling | errors |"
+        "| chat index | idempotency keys | chats | operators | RSS before | RSS after | growth | per chat | peak (VmHWM) | sends/s while filling | errors |"
     );
     let _ = writeln!(
         out,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {:.0} B | {} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} B | {} | {:.0} | {} |",
             r.chat_index,
+            r.idempotency,
             thousands(r.chats),
             thousands(u64::from(r.operators)),
             kib_mib(r.before.rss_kib),

@@ -13,10 +13,15 @@ use crate::request::{LogChatId, Operator, RequestId, RequestStart};
 
 /// A JSON-lines logger on `writer`, through a background thread so logging
 /// never blocks a request. Keep the guard until exit: dropping it flushes.
+///
+/// Each line is put together in a buffer and handed to `writer` whole, in
+/// one write, once it is complete: the pieces of a line never reach a
+/// shared writer such as stdout one by one.
 pub fn json_logger<W: Write + Send + 'static>(writer: W) -> (Logger, slog_async::AsyncGuard) {
-    let drain = slog_json::Json::new(writer)
+    let drain = slog_json::Json::new(std::io::BufWriter::with_capacity(16 * 1024, writer))
         .add_default_keys()
         .set_newlines(true)
+        .set_flush(true)
         .build()
         .fuse();
     let (drain, guard) = slog_async::Async::new(drain)

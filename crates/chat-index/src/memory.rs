@@ -1,13 +1,16 @@
 //! The in-process backend.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::io::Write as _;
 use std::ops::Bound;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use async_trait::async_trait;
 use sofiia_core_domain::{
-    Chat, ChatId, Cursor, Exchange, Message, MessageId, NewChat, Page, PageRequest, Timestamp,
+    Chat, ChatId, Cursor, Exchange, Message, MessageId, NewChat, NodeId, OperatorId, Page,
+    PageRequest, Role, Timestamp,
 };
 
 use crate::exchange::{self, ExchangeError};
@@ -18,7 +21,12 @@ use crate::{ChatIndexError, ChatIndexStore, Imported, Result};
 ///
 /// Everything is lost when it is dropped. Reads and writes take a
 /// [`RwLock`] that is never held across an `.await`; a page costs
-/// O(log n + page size).
+/// O(log n + page size), and so does an append of messages newer than the
+/// chat's newest (an older one moves the newer ones up).
+///
+/// Memory: about 1 KiB per chat of one exchange with short texts (the
+/// texts, ids and a chat's list are stored once each), growing with every
+/// message. For tests and single-instance demos, not production.
 ///
 /// If code holding the lock ever panicked, the data may be half updated, so
 /// from then on every call fails with [`ChatIndexError::Backend`] (and
@@ -42,19 +50,105 @@ pub struct MemoryChatIndex {
 struct Inner {
     /// Keyed by the id's string so that a cursor's id, which need not be a
     /// valid [`ChatId`], can be looked up and compared without conversion.
-    chats: HashMap<String, ChatEntry>,
+    /// The key is shared (not copied) by `by_activity` and `message_chats`.
+    chats: HashMap<Arc<str>, ChatEntry>,
     /// `(updated_at, id)` of every chat: the list order, ascending.
-    by_activity: BTreeSet<(Timestamp, String)>,
+    by_activity: BTreeSet<(Timestamp, Arc<str>)>,
     /// Every stored message id and the chat it belongs to, across all chats,
     /// as message ids are unique store-wide.
-    message_chats: HashMap<MessageId, String>,
+    message_chats: HashMap<MessageId, Arc<str>>,
+    /// Every operator and node named by a message, each held once.
+    operators: HashSet<Arc<OperatorId>>,
+    nodes: HashSet<Arc<NodeId>>,
 }
 
 struct ChatEntry {
     chat: Chat,
-    /// Keyed by `(ts, id as text)`: the list order, ascending. The text form
-    /// is what cursors carry and what other backends compare.
-    messages: BTreeMap<(Timestamp, String), Message>,
+    /// In list order, ascending by `(ts, id as text)`: the text form is
+    /// what cursors carry and what other backends compare. (A message id is
+    /// a lowercase hyphenated UUID, whose text sorts as its bytes do.) A
+    /// sorted vector rather than a tree: a chat of two messages takes two
+    /// slots, not a tree node of eleven.
+    messages: Vec<Stored>,
+}
+
+/// A message as kept: its chat is the entry's, its operator and node are
+/// shared with every other message naming them.
+struct Stored {
+    id: MessageId,
+    ts: Timestamp,
+    role: Role,
+    text: Box<str>,
+    operator: Arc<OperatorId>,
+    node: Arc<NodeId>,
+}
+
+impl Stored {
+    fn to_message(&self, chat: &ChatId) -> Message {
+        Message {
+            id: self.id,
+            chat_id: chat.clone(),
+            role: self.role,
+            text: self.text.to_string(),
+            ts: self.ts,
+            operator_id: OperatorId::clone(&self.operator),
+            node: NodeId::clone(&self.node),
+        }
+    }
+}
+
+/// The shared copy of `value` in `set`, added if missing.
+fn intern<T: Eq + std::hash::Hash + Clone>(set: &mut HashSet<Arc<T>>, value: &T) -> Arc<T> {
+    if let Some(shared) = set.get(value) {
+        return Arc::clone(shared);
+    }
+    let shared = Arc::new(value.clone());
+    set.insert(Arc::clone(&shared));
+    shared
+}
+
+impl ChatEntry {
+    /// How many messages sort before `(ts, id)`.
+    fn position(&self, ts: Timestamp, id: &str) -> usize {
+        self.messages
+            .partition_point(|m| compare(m, ts, id) == Ordering::Less)
+    }
+
+    /// Inserts `message` in order (its id is new to the store).
+    fn insert(
+        &mut self,
+        message: &Message,
+        operators: &mut HashSet<Arc<OperatorId>>,
+        nodes: &mut HashSet<Arc<NodeId>>,
+    ) {
+        let at = match self.messages.last() {
+            // The common case: newer than every message so far.
+            Some(last) if (last.ts, last.id) < (message.ts, message.id) => self.messages.len(),
+            None => 0,
+            Some(_) => self.position(message.ts, &message.id.to_string()),
+        };
+        let stored = Stored {
+            id: message.id,
+            ts: message.ts,
+            role: message.role,
+            text: message.text.as_str().into(),
+            operator: intern(operators, &message.operator_id),
+            node: intern(nodes, &message.node),
+        };
+        self.messages.insert(at, stored);
+    }
+}
+
+/// `message`'s list key `(ts, id as text)` compared with `(ts, id)`.
+fn compare(message: &Stored, ts: Timestamp, id: &str) -> Ordering {
+    message.ts.cmp(&ts).then_with(|| {
+        // The id's text, 36 bytes, written without an allocation.
+        let mut buf = [0_u8; 36];
+        let mut out = std::io::Cursor::new(&mut buf[..]);
+        let _ = write!(out, "{}", message.id);
+        let len = usize::try_from(out.position()).unwrap_or(0);
+        buf[..len].cmp(id.as_bytes())
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,9 +205,9 @@ impl fmt::Debug for MemoryChatIndex {
 
 /// The items strictly before `after` in ascending key order, last first:
 /// the list's descending order, starting strictly after the cursor.
-fn upper_bound(after: Option<&Cursor>) -> Bound<(Timestamp, String)> {
+fn upper_bound(after: Option<&Cursor>) -> Bound<(Timestamp, Arc<str>)> {
     match after {
-        Some(c) => Bound::Excluded((c.ts(), c.id().to_owned())),
+        Some(c) => Bound::Excluded((c.ts(), Arc::from(c.id()))),
         None => Bound::Unbounded,
     }
 }
@@ -143,7 +237,7 @@ impl ChatIndexStore for MemoryChatIndex {
         // Every check comes before the first change, so a refused exchange
         // leaves nothing behind.
         if let Some(owner) = inner.message_chats.get(&exchange.operator.id) {
-            if owner != chat_key {
+            if owner.as_ref() != chat_key {
                 return Err(ExchangeError::OperatorIdInOtherChat.into());
             }
             return inner
@@ -159,23 +253,27 @@ impl ChatIndexStore for MemoryChatIndex {
         if !inner.chats.contains_key(chat_key) {
             inner.insert_chat(new_chat.into_chat());
         }
+        let Some((key, _)) = inner.chats.get_key_value(chat_key) else {
+            return Err(MemoryError::Inconsistent.into());
+        };
+        let key = Arc::clone(key);
         let Inner {
             chats,
             by_activity,
             message_chats,
+            operators,
+            nodes,
         } = &mut *inner;
         let Some(entry) = chats.get_mut(chat_key) else {
             // Inserted just above, under the same lock.
             return Err(MemoryError::Inconsistent.into());
         };
-        let chat = &mut entry.chat;
-        touch(by_activity, chat, exchange.agent.ts);
-        chat.message_count = chat.message_count.saturating_add(2);
+        touch(by_activity, &key, &mut entry.chat, exchange.agent.ts);
+        entry.chat.message_count = entry.chat.message_count.saturating_add(2);
+        entry.messages.reserve_exact(2);
         for message in [&exchange.operator, &exchange.agent] {
-            entry
-                .messages
-                .insert((message.ts, message.id.to_string()), message.clone());
-            message_chats.insert(message.id, chat_key.to_owned());
+            entry.insert(message, operators, nodes);
+            message_chats.insert(message.id, Arc::clone(&key));
         }
         Ok(entry.chat.clone())
     }
@@ -188,7 +286,7 @@ impl ChatIndexStore for MemoryChatIndex {
             .range(bound)
             .rev()
             .take(page.limit.get() + 1)
-            .filter_map(|(_, id)| inner.chats.get(id).map(|e| e.chat.clone()))
+            .filter_map(|(_, id)| inner.chats.get(id.as_ref()).map(|e| e.chat.clone()))
             .collect();
         Ok(Page::from_overfetch(items, page.limit, Chat::cursor))
     }
@@ -199,13 +297,15 @@ impl ChatIndexStore for MemoryChatIndex {
             .chats
             .get(chat.as_str())
             .ok_or_else(|| ChatIndexError::NotFound { id: chat.clone() })?;
-        let bound = (Bound::Unbounded, upper_bound(page.after.as_ref()));
-        let items = entry
-            .messages
-            .range(bound)
+        let end = match &page.after {
+            Some(c) => entry.position(c.ts(), c.id()),
+            None => entry.messages.len(),
+        };
+        let items = entry.messages[..end]
+            .iter()
             .rev()
             .take(page.limit.get() + 1)
-            .map(|(_, m)| m.clone())
+            .map(|m| m.to_message(&entry.chat.id))
             .collect();
         Ok(Page::from_overfetch(items, page.limit, Message::cursor))
     }
@@ -221,7 +321,7 @@ impl ChatIndexStore for MemoryChatIndex {
             inner
                 .message_chats
                 .get(&m.id)
-                .is_some_and(|owner| owner != chat_key)
+                .is_some_and(|owner| owner.as_ref() != chat_key)
         });
         if foreign {
             return Err(ImportError::IdInOtherChat.into());
@@ -234,25 +334,29 @@ impl ChatIndexStore for MemoryChatIndex {
                 ..chat.clone()
             });
         }
+        let Some((key, _)) = inner.chats.get_key_value(chat_key) else {
+            return Err(MemoryError::Inconsistent.into());
+        };
+        let key = Arc::clone(key);
         let Inner {
             chats,
             by_activity,
             message_chats,
+            operators,
+            nodes,
         } = &mut *inner;
         let Some(entry) = chats.get_mut(chat_key) else {
             // Present or inserted just above, under the same lock.
             return Err(MemoryError::Inconsistent.into());
         };
-        touch(by_activity, &mut entry.chat, chat.updated_at);
+        touch(by_activity, &key, &mut entry.chat, chat.updated_at);
         let mut inserted = 0_u64;
         for message in messages {
             if message_chats.contains_key(&message.id) {
                 continue;
             }
-            entry
-                .messages
-                .insert((message.ts, message.id.to_string()), message.clone());
-            message_chats.insert(message.id, chat_key.to_owned());
+            entry.insert(message, operators, nodes);
+            message_chats.insert(message.id, Arc::clone(&key));
             inserted += 1;
         }
         entry.chat.message_count = entry.chat.message_count.saturating_add(inserted);
@@ -270,26 +374,31 @@ impl ChatIndexStore for MemoryChatIndex {
     }
 }
 
-/// Moves `chat` to `max(updated_at, ts)` in the activity order.
-fn touch(by_activity: &mut BTreeSet<(Timestamp, String)>, chat: &mut Chat, ts: Timestamp) {
+/// Moves `chat` (keyed `key`) to `max(updated_at, ts)` in the activity
+/// order.
+fn touch(
+    by_activity: &mut BTreeSet<(Timestamp, Arc<str>)>,
+    key: &Arc<str>,
+    chat: &mut Chat,
+    ts: Timestamp,
+) {
     let new_updated_at = chat.updated_at.max(ts);
     if new_updated_at != chat.updated_at {
-        let key = chat.id.as_str().to_owned();
-        by_activity.remove(&(chat.updated_at, key.clone()));
-        by_activity.insert((new_updated_at, key));
+        by_activity.remove(&(chat.updated_at, Arc::clone(key)));
+        by_activity.insert((new_updated_at, Arc::clone(key)));
         chat.updated_at = new_updated_at;
     }
 }
 
 impl Inner {
     fn insert_chat(&mut self, chat: Chat) {
-        let key = chat.id.as_str().to_owned();
-        self.by_activity.insert((chat.updated_at, key.clone()));
+        let key: Arc<str> = Arc::from(chat.id.as_str());
+        self.by_activity.insert((chat.updated_at, Arc::clone(&key)));
         self.chats.insert(
             key,
             ChatEntry {
                 chat,
-                messages: BTreeMap::new(),
+                messages: Vec::new(),
             },
         );
     }
@@ -306,6 +415,38 @@ mod tests {
     );
 
     use sofiia_core_domain::{Clock, ManualClock, NodeId, OperatorId, Role};
+
+    /// The list order compares ids as text; the vector is kept in order by
+    /// the ids' own ordering. The two agree for every id.
+    #[test]
+    fn message_ids_sort_as_their_text_does() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            // xorshift: enough spread for every nibble value.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let ids: Vec<MessageId> = (0..2_000)
+            .map(|_| {
+                let hex = format!("{:016x}{:016x}", next(), next());
+                let text = format!(
+                    "{}-{}-{}-{}-{}",
+                    &hex[..8],
+                    &hex[8..12],
+                    &hex[12..16],
+                    &hex[16..20],
+                    &hex[20..]
+                );
+                MessageId::parse(&text).unwrap()
+            })
+            .collect();
+        for pair in ids.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_eq!(a.cmp(&b), a.to_string().cmp(&b.to_string()), "{a} {b}");
+        }
+    }
 
     fn exchange(chat: &str, text: &str) -> (NewChat, Exchange) {
         let clock = ManualClock::default();
