@@ -25,10 +25,10 @@
 //!    retry runs again). From here on the key is never released.
 //! 5. **Store**: keep the reply with the key (the *pending result*), then
 //!    store the exchange in the chat index and its `chat.send` event in the
-//!    audit trail, both at once. Every attempt has a deadline; failed attempts are retried
-//!    with a growing delay until they succeed. The caller gets 503 after the
-//!    first attempts fail, and every retry of the key gets 503 until the
-//!    exchange is stored, then the original answer.
+//!    audit trail, both at once. Every attempt has a deadline; failed
+//!    attempts are retried with a growing delay until they succeed. The
+//!    caller gets 503 after the first attempts fail, and every retry of the
+//!    key gets 503 until the exchange is stored, then the original answer.
 //! 6. **Complete** the key with the answer.
 //!
 //! Every outcome's audit event is made by one function, `audit_event`, and written
