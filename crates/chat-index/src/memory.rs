@@ -121,12 +121,11 @@ impl ChatEntry {
         operators: &mut HashSet<Arc<OperatorId>>,
         nodes: &mut HashSet<Arc<NodeId>>,
     ) {
-        let at = match self.messages.last() {
-            // The common case: newer than every message so far.
-            Some(last) if (last.ts, last.id) < (message.ts, message.id) => self.messages.len(),
-            None => 0,
-            Some(_) => self.position(message.ts, &message.id.to_string()),
-        };
+        // Ids sort as their text does, so the typed key keeps list order;
+        // a message newer than the rest lands at the end.
+        let at = self
+            .messages
+            .partition_point(|m| (m.ts, m.id) < (message.ts, message.id));
         let stored = Stored {
             id: message.id,
             ts: message.ts,
