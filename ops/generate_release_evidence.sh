@@ -179,11 +179,13 @@ fi
 data_dir="$(config_value data_dir)"
 if [ -n "$data_dir" ]; then
   case "$data_dir" in /*) ;; *) data_dir="$(pwd -P)/${data_dir#./}" ;; esac
-  meta audit_db "$data_dir/audit.db"
-  if [ -f "$data_dir/audit.db" ]; then
+  audit_file="$(config_value sqlite_files.audit)"
+  audit_file="$data_dir/${audit_file:-sofiia.db}"
+  meta audit_db "$audit_file"
+  if [ -f "$audit_file" ]; then
     run_console "$bin" ${config_args[@]+"${config_args[@]}"} audit-verify >"$work/verify.out" 2>&1
     echo $? >"$work/verify.rc"
-    opsutil audit-anchor "$data_dir/audit.db" >"$work/anchor.out" 2>&1
+    opsutil audit-anchor "$audit_file" >"$work/anchor.out" 2>&1
     echo $? >"$work/anchor.rc"
   fi
 fi

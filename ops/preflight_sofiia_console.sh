@@ -47,9 +47,11 @@
 #   disk               free space on the data dir's filesystem: WARN below
 #                      PREFLIGHT_WARN_FREE_MB (default 1024), FAIL below
 #                      PREFLIGHT_FAIL_FREE_MB (default 100)
-#   sqlite FILE        PRAGMA integrity_check of chat-index.db, idempotency.db and audit.db
-#                      when present (PREFLIGHT_SQLITE_CHECK=quick_check for a
-#                      faster, shallower check on big files)
+#   sqlite FILE        PRAGMA integrity_check of each SQLite file the stores
+#                      keep their tables in (sofiia.db; a store's own file of
+#                      an earlier release while it still uses it), when present
+#                      (PREFLIGHT_SQLITE_CHECK=quick_check for a faster,
+#                      shallower check on big files)
 #   audit-verify       `sofiia-console audit-verify`: the hash chain is intact
 #   alert-rules        `bash ops/check_alert_rules.sh` (promtool check and
 #                      test of deploy/prometheus) when it exists and promtool
@@ -337,16 +339,17 @@ else
 fi
 
 # --- sqlite -----------------------------------------------------------------
-idem_backend="${cfg_idempotency_backend:-}"
-for db in chat-index.db idempotency.db audit.db; do
+# The files check-config names, each once; a store on another backend names
+# none.
+sqlite_files=()
+for db in "${cfg_sqlite_files_audit:-}" "${cfg_sqlite_files_chat_index:-}" "${cfg_sqlite_files_idempotency:-}"; do
+  [ -n "$db" ] || continue
+  case " ${sqlite_files[*]+"${sqlite_files[*]}"} " in *" $db "*) continue ;; esac
+  sqlite_files+=("$db")
+done
+for db in ${sqlite_files[@]+"${sqlite_files[@]}"}; do
   if [ ! -f "$data_dir/$db" ]; then
-    if [ "$db" = chat-index.db ] && [ "$chat_backend" != sqlite ]; then
-      report SKIP "sqlite $db" "the chat index is $chat_backend"
-    elif [ "$db" = idempotency.db ] && [ "$idem_backend" != sqlite ]; then
-      report SKIP "sqlite $db" "the idempotency keys are on $idem_backend"
-    else
-      report SKIP "sqlite $db" "not present in $data_dir"
-    fi
+    report SKIP "sqlite $db" "not present in $data_dir"
   elif answer="$(opsutil sqlite-check "$data_dir/$db" "$sqlite_check")"; then
     report PASS "sqlite $db" "$answer"
   else
@@ -355,8 +358,9 @@ for db in chat-index.db idempotency.db audit.db; do
 done
 
 # --- audit-verify -------------------------------------------------------------
-if [ ! -f "$data_dir/audit.db" ]; then
-  report WARN audit-verify "no audit trail at $data_dir/audit.db yet, nothing to verify: expected only on a first deployment"
+audit_file="$data_dir/${cfg_sqlite_files_audit:-sofiia.db}"
+if [ ! -f "$audit_file" ]; then
+  report WARN audit-verify "no audit trail at $audit_file yet, nothing to verify: expected only on a first deployment"
 else
   console audit-verify >"$work/verify.out" 2>"$work/verify.err"
   rc=$?

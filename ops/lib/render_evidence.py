@@ -325,7 +325,8 @@ def main() -> int:
             risks.append("Rate limits are per instance (`inmemory`): multi-instance consistency needs `SOFIIA_RATE_LIMIT_BACKEND=redis`.")
         elif config.get("rate_limit_fail_mode") == "open":
             risks.append("Rate-limit fail mode is `open`: while Redis is down, sends are not limited.")
-        risks.append("The audit trail is SQLite on one host (not clustered): back up `audit.db` and keep the anchor hash below off the host.")
+        audit_file = (config.get("sqlite_files") or {}).get("audit") or "sofiia.db"
+        risks.append(f"The audit trail is SQLite on one host (not clustered): back up `{audit_file}` and keep the anchor hash below off the host.")
         rules = find(preflight_lines, "alert-rules")
         if rules and rules[0] == "PASS":
             risks.append(f"Alert rules validated by the preflight: {rules[1]}.")

@@ -247,7 +247,7 @@ struct ExtraCpu {
 /// Builds the `list` chat into the console's chat index file before the
 /// console starts, through `SqliteChatIndex::append_exchange`.
 fn build_list_chat(rig: &Rig, messages: u64) -> Result<String, String> {
-    let path = rig.data_dir("embedded").join("chat-index.db");
+    let path = rig.data_dir("embedded").join("sofiia.db");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

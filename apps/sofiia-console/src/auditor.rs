@@ -124,6 +124,32 @@ impl Auditor {
     /// [`AuditUnavailable`] when it could not be written within the
     /// deadline; it is counted and logged.
     pub async fn record(&self, meta: &RequestMeta, event: Event) -> Result<(), AuditUnavailable> {
+        self.write(meta, event, false).await
+    }
+
+    /// [`record`](Self::record), answered once the event is committed,
+    /// possibly before it is on disk (see
+    /// [`AuditStore::append_committed`](sofiia_audit_store::AuditStore::append_committed)):
+    /// for a caller whose next write to the same file is synced before it
+    /// answers.
+    ///
+    /// # Errors
+    ///
+    /// As for [`record`](Self::record).
+    pub async fn record_committed(
+        &self,
+        meta: &RequestMeta,
+        event: Event,
+    ) -> Result<(), AuditUnavailable> {
+        self.write(meta, event, true).await
+    }
+
+    async fn write(
+        &self,
+        meta: &RequestMeta,
+        event: Event,
+        committed: bool,
+    ) -> Result<(), AuditUnavailable> {
         let action = event.action;
         let new = NewEvent {
             ts: self.clock.now(),
@@ -138,7 +164,14 @@ impl Auditor {
             user_agent: meta.user_agent.clone(),
             details: event.details,
         };
-        match self.within(self.store.append(new)).await {
+        let append = async {
+            if committed {
+                self.store.append_committed(new).await
+            } else {
+                self.store.append(new).await
+            }
+        };
+        match self.within(append).await {
             Ok(_) => {
                 metrics::counter!(AUDIT_EVENTS_WRITTEN, "action" => action).increment(1);
                 Ok(())

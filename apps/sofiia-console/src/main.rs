@@ -37,7 +37,7 @@ enum Command {
     /// Copy the chat index from one backend to another, then verify that
     /// both hold the same chats and messages; exit 1 on any difference.
     ///
-    /// Reads `$SOFIIA_DATA_DIR/chat-index.db` and writes to the Redis of
+    /// Reads the SQLite chat index (`$SOFIIA_DATA_DIR/sofiia.db`) and writes to the Redis of
     /// `SOFIIA_REDIS_URL` under `SOFIIA_REDIS_PREFIX`. Idempotent and
     /// resumable: run it again after a failure or a kill and it finishes
     /// the job; run it on a finished migration and it changes nothing.
@@ -63,7 +63,7 @@ struct MigrateArgs {
 /// Backends `migrate-chat-index` reads.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum MigrateFrom {
-    /// `$SOFIIA_DATA_DIR/chat-index.db`.
+    /// `$SOFIIA_DATA_DIR/sofiia.db`.
     Sqlite,
 }
 

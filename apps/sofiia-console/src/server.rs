@@ -1,6 +1,7 @@
 //! Composition: settings in, a running HTTP server out.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use actix_web::body::MessageBody;
@@ -19,6 +20,7 @@ use sofiia_idempotency::{
 };
 use sofiia_ratelimit::{DynRateLimiter, MemoryRateLimiter, RedisRateLimiter};
 use sofiia_router_client::{DynNodeRouter, EchoRouter, HttpRouter, Instrumented};
+use sofiia_sqlite_support::{Database, DatabaseOptions, Durability};
 
 use crate::auditor::Auditor;
 use crate::build_info::{GIT_SHA, VERSION};
@@ -53,6 +55,14 @@ pub enum StartError {
     /// The idempotency store could not be opened.
     #[error("idempotency store: {0}")]
     Idempotency(#[from] sofiia_idempotency::IdempotencyError),
+    /// A SQLite file of the data dir could not be opened.
+    #[error("SQLite file {path}: {source}")]
+    Database {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        source: sofiia_sqlite_support::Error,
+    },
     /// The Redis connection could not be set up.
     #[error("redis: {0}")]
     Redis(String),
@@ -93,6 +103,14 @@ pub struct Stores {
     pub cursor_keys: CursorKeys,
     /// Where "now" comes from.
     pub clock: Arc<DynClock>,
+    /// Whether the idempotency store, the chat index and the audit trail
+    /// keep their tables in one SQLite file, whose synced writes take
+    /// every earlier write of the file to disk with them. Then a send's
+    /// exchange and event are only committed, and its completed key (synced,
+    /// and written after them) makes all three durable before the answer;
+    /// a chat is made durable by its synced `chat.create` event. Whoever
+    /// replaces one of these stores must clear it.
+    pub one_sqlite_file: bool,
 }
 
 /// Opens every backend named by `settings` and composes the state.
@@ -166,6 +184,12 @@ pub async fn open_stores(
             .ok_or_else(|| StartError::Redis(format!("the redis {what} needs a redis connection")))
     };
 
+    let mut files = SqliteFiles::new(&settings.data_dir);
+    let one_sqlite_file = settings.chat_index_backend == ChatIndexBackend::Sqlite
+        && settings.idempotency_backend == IdempotencyBackend::Sqlite
+        && [CHAT_INDEX_DB, IDEMPOTENCY_DB].iter().all(|own| {
+            sqlite_file(&settings.data_dir, own) == sqlite_file(&settings.data_dir, AUDIT_DB)
+        });
     let chat_index: Arc<DynChatIndexStore> = match settings.chat_index_backend {
         ChatIndexBackend::Redis => {
             info!(logger, "chat index: redis; shared by every instance on it"; "prefix" => settings.redis_prefix.as_str());
@@ -175,9 +199,18 @@ pub async fn open_stores(
             ))
         }
         ChatIndexBackend::Sqlite => {
-            let path = settings.data_dir.join(CHAT_INDEX_DB);
-            info!(logger, "chat index: sqlite"; "path" => path.display().to_string());
-            Arc::new(SqliteChatIndex::open(&path).await?)
+            let db = files.open(CHAT_INDEX_DB).await?;
+            info!(logger, "chat index: sqlite"; "path" => db.path().display().to_string());
+            let durability = if one_sqlite_file {
+                Durability::Committed
+            } else {
+                Durability::Synced
+            };
+            Arc::new(
+                SqliteChatIndex::in_database(&db)
+                    .await?
+                    .with_durability(durability),
+            )
         }
         ChatIndexBackend::InMemory => {
             warn!(logger, "chat index: inmemory; chats are lost on restart");
@@ -213,15 +246,9 @@ pub async fn open_stores(
             settings.redis_prefix.clone(),
         )),
         IdempotencyBackend::Sqlite => {
-            let path = settings.data_dir.join(IDEMPOTENCY_DB);
-            info!(logger, "idempotency: sqlite; a completed send is replayed after a restart or a crash"; "path" => path.display().to_string());
-            Arc::new(
-                SqliteIdempotencyStore::open_with(
-                    &path,
-                    sofiia_idempotency::SqliteOptions::default().with_clock(clock.clone()),
-                )
-                .await?,
-            )
+            let db = files.open(IDEMPOTENCY_DB).await?;
+            info!(logger, "idempotency: sqlite; a completed send is replayed after a restart or a crash"; "path" => db.path().display().to_string());
+            Arc::new(SqliteIdempotencyStore::in_database(&db, clock.clone()).await?)
         }
         IdempotencyBackend::InMemory => {
             warn!(
@@ -248,13 +275,13 @@ pub async fn open_stores(
         }
     };
 
-    let audit_path = settings.data_dir.join(AUDIT_DB);
-    info!(logger, "audit store: sqlite"; "path" => audit_path.display().to_string());
+    let audit_db = files.open(AUDIT_DB).await?;
+    info!(logger, "audit store: sqlite"; "path" => audit_db.path().display().to_string());
     // The console owns its audit file: a file made before incremental
     // vacuum is converted here, once, before anyone is served.
     let audit: Arc<DynAuditStore> = Arc::new(
-        SqliteAuditStore::open_with(
-            &audit_path,
+        SqliteAuditStore::in_database(
+            &audit_db,
             sofiia_audit_store::SqliteOptions::default().with_vacuum_conversion(true),
         )
         .await?,
@@ -274,6 +301,7 @@ pub async fn open_stores(
         operators,
         cursor_keys,
         clock,
+        one_sqlite_file,
     })
 }
 
@@ -312,6 +340,7 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
         clock: stores.clock.clone(),
         logger: logger.clone(),
         store_timeout: settings.store_timeout,
+        events_made_durable_by_key: stores.one_sqlite_file,
     });
 
     let metrics = metrics_handle();
@@ -360,14 +389,65 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
     }
 }
 
-/// The audit store's file in the data dir.
+/// The file in the data dir that every SQLite store keeps its tables in:
+/// the audit trail always, the idempotency keys and the chat index when
+/// their backend is `sqlite`. Their writes share its transactions.
+pub const DATABASE_FILE: &str = "sofiia.db";
+
+/// The audit store's own file of earlier releases; see [`sqlite_file`].
 pub const AUDIT_DB: &str = "audit.db";
 
-/// The SQLite chat index's file in the data dir.
+/// The SQLite chat index's own file of earlier releases; see [`sqlite_file`].
 pub const CHAT_INDEX_DB: &str = "chat-index.db";
 
-/// The SQLite idempotency store's file in the data dir.
+/// The SQLite idempotency store's own file of earlier releases; see
+/// [`sqlite_file`].
 pub const IDEMPOTENCY_DB: &str = "idempotency.db";
+
+/// The file a SQLite store keeps its tables in: its own file of an earlier
+/// release (`own`, one of [`AUDIT_DB`], [`CHAT_INDEX_DB`] and
+/// [`IDEMPOTENCY_DB`]) if the data dir has it, so that nothing it holds is
+/// left behind; else [`DATABASE_FILE`], shared with the other stores.
+pub fn sqlite_file(data_dir: &Path, own: &str) -> PathBuf {
+    let earlier = data_dir.join(own);
+    if earlier.exists() {
+        earlier
+    } else {
+        data_dir.join(DATABASE_FILE)
+    }
+}
+
+/// The SQLite files of a data dir, each opened once however many stores
+/// keep their tables in it.
+struct SqliteFiles<'a> {
+    data_dir: &'a Path,
+    open: Vec<Database>,
+}
+
+impl<'a> SqliteFiles<'a> {
+    fn new(data_dir: &'a Path) -> Self {
+        Self {
+            data_dir,
+            open: Vec::new(),
+        }
+    }
+
+    /// The file of the store whose own file was `own` (see [`sqlite_file`]).
+    async fn open(&mut self, own: &str) -> Result<Database, StartError> {
+        let path = sqlite_file(self.data_dir, own);
+        if let Some(db) = self.open.iter().find(|db| db.path() == path) {
+            return Ok(db.clone());
+        }
+        let db = Database::open(&path, DatabaseOptions::default())
+            .await
+            .map_err(|source| StartError::Database {
+                path: path.display().to_string(),
+                source,
+            })?;
+        self.open.push(db.clone());
+        Ok(db)
+    }
+}
 
 /// How often expired idempotency keys are removed from a store that does
 /// not expire them itself, and how many per round.
@@ -618,4 +698,74 @@ pub fn start(settings: &Settings, state: AppState) -> Result<RunningServer, Star
         shutdown_timeout: settings.shutdown_timeout,
         logger,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    async fn open_in(dir: &Path, vars: &[(&str, &str)]) -> Stores {
+        let mut all: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        all.insert("SOFIIA_DATA_DIR".to_owned(), dir.display().to_string());
+        let settings = Settings::from_vars(&all).unwrap();
+        let logger = Logger::root(slog::Discard, slog::o!());
+        open_stores(&settings, Arc::new(SystemClock), &logger)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_embedded_stores_share_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = open_in(dir.path(), &[]).await;
+        assert!(stores.one_sqlite_file);
+        assert!(dir.path().join(DATABASE_FILE).exists());
+        for own in [AUDIT_DB, CHAT_INDEX_DB, IDEMPOTENCY_DB] {
+            assert!(!dir.path().join(own).exists(), "{own}");
+            assert_eq!(sqlite_file(dir.path(), own), dir.path().join(DATABASE_FILE));
+        }
+        let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        for store in ["audit", "chat_index", "idempotency"] {
+            assert_eq!(
+                sofiia_sqlite_support::schema_version(&conn, store).unwrap(),
+                Some(1),
+                "{store}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_with_a_file_of_an_earlier_release_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // An earlier release's audit trail (an empty file is an empty
+        // database): the trail stays there, the others share the new file.
+        std::fs::write(dir.path().join(AUDIT_DB), b"").unwrap();
+        let stores = open_in(dir.path(), &[]).await;
+        assert!(!stores.one_sqlite_file, "the keys cannot sync the trail");
+        assert_eq!(sqlite_file(dir.path(), AUDIT_DB), dir.path().join(AUDIT_DB));
+        let conn = rusqlite::Connection::open(dir.path().join(AUDIT_DB)).unwrap();
+        assert_eq!(
+            sofiia_sqlite_support::schema_version(&conn, "audit").unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            sofiia_sqlite_support::schema_version(&conn, "chat_index").unwrap(),
+            None
+        );
+        assert!(dir.path().join(DATABASE_FILE).exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_elsewhere_leave_every_write_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = open_in(dir.path(), &[("SOFIIA_IDEMPOTENCY_BACKEND", "inmemory")]).await;
+        assert!(!stores.one_sqlite_file);
+        let stores = open_in(dir.path(), &[("SOFIIA_CHAT_INDEX_BACKEND", "inmemory")]).await;
+        assert!(!stores.one_sqlite_file);
+    }
 }

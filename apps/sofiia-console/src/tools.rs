@@ -13,7 +13,7 @@ use sofiia_core_domain::{
 };
 
 use crate::config::Settings;
-use crate::server::{AUDIT_DB, CHAT_INDEX_DB};
+use crate::server::{AUDIT_DB, CHAT_INDEX_DB, IDEMPOTENCY_DB, sqlite_file};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -88,7 +88,7 @@ pub async fn prune_audit(
     settings: &Settings,
     options: &PruneOptions,
 ) -> Result<PruneReport, BoxError> {
-    let store = SqliteAuditStore::open(settings.data_dir.join(AUDIT_DB)).await?;
+    let store = SqliteAuditStore::open(sqlite_file(&settings.data_dir, AUDIT_DB)).await?;
     prune_with(&store, &SystemClock, options).await
 }
 
@@ -165,7 +165,7 @@ pub async fn prune_with(
 ///
 /// The store's error (a broken chain is not an error).
 pub async fn audit_verify(settings: &Settings) -> Result<(bool, String), BoxError> {
-    let path = settings.data_dir.join(AUDIT_DB);
+    let path = sqlite_file(&settings.data_dir, AUDIT_DB);
     if !path.exists() {
         return Err(format!("no audit store at {}", path.display()).into());
     }
@@ -231,7 +231,7 @@ impl MigrateReport {
 /// does not print millions of lines.
 const MAX_DIFFERENCES: usize = 20;
 
-/// Copies the SQLite chat index of `settings` (`$SOFIIA_DATA_DIR/chat-index.db`)
+/// Copies the SQLite chat index of `settings` (in `$SOFIIA_DATA_DIR/sofiia.db`)
 /// into the Redis chat index of `settings` (`SOFIIA_REDIS_URL`,
 /// `SOFIIA_REDIS_PREFIX`), whatever `SOFIIA_CHAT_INDEX_BACKEND` says, then
 /// verifies the result; see [`migrate_between`].
@@ -245,7 +245,7 @@ pub async fn migrate_chat_index(
     options: &MigrateOptions,
     out: &mut (dyn Write + Send),
 ) -> Result<MigrateReport, BoxError> {
-    let path = settings.data_dir.join(CHAT_INDEX_DB);
+    let path = sqlite_file(&settings.data_dir, CHAT_INDEX_DB);
     if !path.exists() {
         return Err(format!("no SQLite chat index at {}", path.display()).into());
     }
@@ -622,6 +622,7 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
         "git_sha": GIT_SHA,
         "bind": settings.bind.to_string(),
         "data_dir": settings.data_dir.display().to_string(),
+        "sqlite_files": sqlite_files(settings),
         "nodes": nodes,
         "default_node": default_node,
         "infer_timeout_ms": settings.infer_timeout.as_millis() as u64,
@@ -660,6 +661,24 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
         "redis_prefix": settings.redis_prefix,
         "unknown_variables": settings.unknown_variables,
     }))
+}
+
+/// The file in the data dir each SQLite store keeps its tables in (see
+/// [`sqlite_file`]), `null` for a store on another backend: what
+/// `check-config` reports, for the ops scripts.
+fn sqlite_files(settings: &Settings) -> serde_json::Value {
+    let name = |own: &str| {
+        sqlite_file(&settings.data_dir, own)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    serde_json::json!({
+        "audit": name(AUDIT_DB),
+        "chat_index": (settings.chat_index_backend == crate::config::ChatIndexBackend::Sqlite)
+            .then(|| name(CHAT_INDEX_DB)),
+        "idempotency": (settings.idempotency_backend == crate::config::IdempotencyBackend::Sqlite)
+            .then(|| name(IDEMPOTENCY_DB)),
+    })
 }
 
 #[cfg(test)]
@@ -851,6 +870,10 @@ mod tests {
         assert_eq!(report["max_connections"], 10_000);
         assert_eq!(report["chat_index_backend"], "sqlite");
         assert_eq!(report["default_node"], "echo");
+        // The files the ops scripts check: one, shared; none for Redis.
+        assert_eq!(report["sqlite_files"]["audit"], "sofiia.db");
+        assert_eq!(report["sqlite_files"]["chat_index"], "sofiia.db");
+        assert!(report["sqlite_files"]["idempotency"].is_null());
         let mut redis_vars = vars.clone();
         redis_vars.insert("SOFIIA_CHAT_INDEX_BACKEND".to_owned(), "redis".to_owned());
         redis_vars.remove("SOFIIA_IDEMPOTENCY_BACKEND");
@@ -861,6 +884,8 @@ mod tests {
         let redis_report = config_report(&Settings::from_vars(&redis_vars).unwrap()).unwrap();
         assert_eq!(redis_report["chat_index_backend"], "redis");
         assert_eq!(redis_report["idempotency_backend"], "sqlite");
+        assert!(redis_report["sqlite_files"]["chat_index"].is_null());
+        assert_eq!(redis_report["sqlite_files"]["idempotency"], "sofiia.db");
         assert_eq!(
             redis_report["cursor_keys"]["source"],
             "SOFIIA_CURSOR_SECRET"

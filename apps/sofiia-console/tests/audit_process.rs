@@ -69,7 +69,7 @@ async fn all_events(path: &Path) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_dry_run_prune_and_verify_through_the_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("audit.db");
+    let db = dir.path().join("sofiia.db");
     {
         let store = SqliteAuditStore::open(&db).await.unwrap();
         for n in 0..10 {
@@ -182,7 +182,7 @@ async fn prune_dry_run_prune_and_verify_through_the_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_event_breaks_the_chain_at_its_successor() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("audit.db");
+    let db = dir.path().join("sofiia.db");
     let ids: Vec<u64> = {
         let store = SqliteAuditStore::open(&db).await.unwrap();
         let mut ids = Vec::new();
@@ -275,7 +275,7 @@ async fn every_send_answered_200_is_in_the_trail_after_sigkill() {
         answered.len()
     );
 
-    let store = SqliteAuditStore::open(dir.path().join("audit.db"))
+    let store = SqliteAuditStore::open(dir.path().join("sofiia.db"))
         .await
         .unwrap();
     let mut recorded = std::collections::HashSet::new();

@@ -82,7 +82,11 @@ async fn runs_on_embedded_defaults_and_stops_on_sigterm() {
     );
     // Embedded defaults: ./data with the SQLite chat index and a dev token.
     let token = std::fs::read_to_string(dir.path().join("data/dev-operator-token")).unwrap();
-    assert!(dir.path().join("data/chat-index.db").exists());
+    // One SQLite file holds the keys, the chats and the audit trail.
+    assert!(dir.path().join("data/sofiia.db").exists());
+    for earlier in ["chat-index.db", "idempotency.db", "audit.db"] {
+        assert!(!dir.path().join("data").join(earlier).exists(), "{earlier}");
+    }
 
     let client = reqwest::Client::new();
     let base = format!("http://{addr}");

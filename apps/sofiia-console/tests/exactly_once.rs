@@ -191,6 +191,12 @@ async fn a_console_killed_after_the_node_answered_leaves_the_reply_for_the_next_
         ("SOFIIA_STORE_TIMEOUT_MS", "200"),
         ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "5"),
     ];
+    // The keys in a file of their own (as a data dir of an earlier release
+    // has them), so that another process can lock the file of the chats and
+    // the audit trail while the keys stay writable: the one way to make
+    // storing the exchange fail after the reply was kept. (In the one file
+    // of a new data dir, a lock held elsewhere stops the keys' writes too.)
+    std::fs::write(data.path().join("idempotency.db"), b"").unwrap();
     let mut first = console_process_with(data.path(), &node, &quick);
     assert_eq!(
         send(&client, &first.base, "warm-key-0001", "files exist")
@@ -202,7 +208,7 @@ async fn a_console_killed_after_the_node_answered_leaves_the_reply_for_the_next_
     // Another process holds the write locks of the chat index and the audit
     // trail: the reply is kept with the key, but neither the exchange nor
     // its event (written beside it) can be stored.
-    let blockers: Vec<rusqlite::Connection> = ["chat-index.db", "audit.db"]
+    let blockers: Vec<rusqlite::Connection> = ["sofiia.db"]
         .iter()
         .map(|file| {
             let blocker = rusqlite::Connection::open(data.path().join(file)).unwrap();

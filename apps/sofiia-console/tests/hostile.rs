@@ -15,7 +15,7 @@ use sofiia_audit_store::{AuditQuery, AuditStore, SqliteAuditStore};
 use sofiia_core_domain::PageLimit;
 
 fn audit_bytes(dir: &Path) -> u64 {
-    ["audit.db", "audit.db-wal", "audit.db-shm"]
+    ["sofiia.db", "sofiia.db-wal", "sofiia.db-shm"]
         .iter()
         .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
         .map(|m| m.len())
@@ -73,7 +73,7 @@ async fn a_flood_of_bad_tokens_grows_the_trail_by_little_and_locks_out_no_operat
     assert!(grown <= 256 * 1024, "the trail grew by {grown} bytes");
 
     // The refusals are visible, with their count.
-    let store = SqliteAuditStore::open(dir.path().join("audit.db"))
+    let store = SqliteAuditStore::open(dir.path().join("sofiia.db"))
         .await
         .unwrap();
     let page = store

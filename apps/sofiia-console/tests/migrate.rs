@@ -251,7 +251,7 @@ async fn migrates_10_000_messages_that_page_identically_and_rerun_changes_nothin
         return;
     };
     let data = tempfile::tempdir().unwrap();
-    let db = data.path().join("chat-index.db");
+    let db = data.path().join("sofiia.db");
     build_source(&db).await;
 
     let (out, stdout, stderr) = run(&mut migrate(data.path(), &redis));
@@ -345,6 +345,8 @@ async fn a_migration_resumed_after_a_kill_or_a_partial_import_ends_identical() {
         return;
     };
     let data = tempfile::tempdir().unwrap();
+    // A data dir of an earlier release: the chat index in a file of its
+    // own, which the console and its commands keep using.
     let db = data.path().join("chat-index.db");
     build_source(&db).await;
 
@@ -441,12 +443,12 @@ fn a_missing_source_or_an_unreachable_redis_stops_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stderr.contains("no SQLite chat index at"), "{stderr}");
     assert!(
-        !data.path().join("chat-index.db").exists(),
+        !data.path().join("sofiia.db").exists(),
         "a missing source is not created"
     );
 
     // A source, but nothing listens where Redis should be.
-    std::fs::write(data.path().join("chat-index.db"), b"").unwrap();
+    std::fs::write(data.path().join("sofiia.db"), b"").unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()

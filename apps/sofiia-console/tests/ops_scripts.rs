@@ -294,8 +294,7 @@ async fn strict_preflight_passes_for_a_production_like_console() {
         "PASS node NODA2: http://127.0.0.1:",
         "PASS data-dir: ",
         "PASS disk: ",
-        "PASS sqlite chat-index.db: integrity_check ok",
-        "PASS sqlite audit.db: integrity_check ok",
+        "PASS sqlite sofiia.db: integrity_check ok",
         "PASS audit-verify: audit chain intact: ",
     ] {
         assert!(line_starting(&out, prefix), "no line {prefix}...\n{out}");
@@ -428,7 +427,7 @@ async fn preflight_fails_on_a_tampered_audit_trail() {
         .unwrap();
     assert_eq!(sent.status(), 200);
     drop(console);
-    let db = rusqlite::Connection::open(deployment.data_dir().join("audit.db")).unwrap();
+    let db = rusqlite::Connection::open(deployment.data_dir().join("sofiia.db")).unwrap();
     let id: i64 = db
         .query_row(
             "SELECT id FROM events WHERE action = 'chat.send' AND target = 'tamper'",
@@ -450,7 +449,7 @@ async fn preflight_fails_on_a_tampered_audit_trail() {
         "{out}"
     );
     assert!(
-        line_starting(&out, "PASS sqlite audit.db: integrity_check ok"),
+        line_starting(&out, "PASS sqlite sofiia.db: integrity_check ok"),
         "{out}"
     );
 }
@@ -723,7 +722,7 @@ async fn evidence_shows_pass_for_the_preflight_and_smoke_it_ran() {
         .find_map(|l| l.strip_prefix("- **External anchor: `"))
         .and_then(|l| l.strip_suffix("`**"))
         .unwrap_or_else(|| panic!("no anchor:\n{doc}"));
-    let db = rusqlite::Connection::open(deployment.data_dir().join("audit.db")).unwrap();
+    let db = rusqlite::Connection::open(deployment.data_dir().join("sofiia.db")).unwrap();
     let newest: String = db
         .query_row(
             "SELECT hash FROM events ORDER BY id DESC LIMIT 1",

@@ -203,6 +203,8 @@ pub use crate::memory::MemoryAuditStore;
 pub use crate::sqlite::{
     Checkpoint, GroupCommitStats, SqliteAuditStore, SqliteOptions, VACUUM_STEP_PAGES, Vacuumed,
 };
+#[cfg(feature = "sqlite")]
+pub use sofiia_sqlite_support::{Database, DatabaseOptions};
 
 /// What the event records, before the store numbers and chains it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -388,6 +390,25 @@ pub trait AuditStore: Debug + Send + Sync + 'static {
     ///
     /// A backend error; then the event was not stored.
     async fn append(&self, event: NewEvent) -> Result<AuditEvent>;
+
+    /// [`append`](Self::append), answered once the event is committed but
+    /// possibly before it is durable: a backend that tells the two apart
+    /// makes it durable with the next durable write to the same storage,
+    /// and never keeps a later write without it. (The SQLite store: the
+    /// next synced write to its file, by any store sharing the file.)
+    /// Backends that do not tell them
+    /// apart append durably, which is the default.
+    ///
+    /// For a caller that makes such a durable write before it relies on
+    /// the event, as the console does for a send: its event, then the
+    /// completed idempotency key in the same file.
+    ///
+    /// # Errors
+    ///
+    /// As for [`append`](Self::append).
+    async fn append_committed(&self, event: NewEvent) -> Result<AuditEvent> {
+        self.append(event).await
+    }
 
     /// A page of events matching `query`, newest (highest id) first.
     ///

@@ -14,13 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_sqlite::{Pool, PoolError};
+use deadpool_sqlite::PoolError;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use rusqlite_migration::M;
 use serde_json::{Map, Value};
 use sofiia_core_domain::{DynClock, Page, SystemClock, Timestamp};
-use sofiia_sqlite_support::{ConnectionRole, Setup, Writer, WriterOptions, migrate, ping};
+use sofiia_sqlite_support::{Database, DatabaseOptions, Durability, Schema, WriterOptions, ping};
 
 use crate::canonical::{ChainCheck, GENESIS_HASH, compute_hash, outcome_str};
 use crate::{
@@ -28,10 +27,14 @@ use crate::{
     PruneBatch, Result, Verification,
 };
 
-/// The schema, one entry per version; `PRAGMA user_version` records how many
-/// have run. Entries are never edited once released, only appended.
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "-- AUTOINCREMENT: an id is never given twice, also after the newest
+/// The schema, one entry per version, recorded in the file's
+/// `sofiia_schema` table. Entries are never edited once released, only
+/// appended.
+static SCHEMA: Schema = Schema {
+    store: "audit",
+    marker: "events",
+    migrations: &[
+        "-- AUTOINCREMENT: an id is never given twice, also after the newest
     -- events were pruned (plain rowids would reuse the highest deleted one).
     CREATE TABLE events (
         id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,7 +67,8 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
         cutoff          INTEGER NOT NULL, -- Unix milliseconds
         deleted         INTEGER NOT NULL
     ) STRICT;",
-)];
+    ],
+};
 
 const COLUMNS: &str = "id, ts, actor, action, target, outcome, status, request_id, node, \
     source_ip, user_agent, details, prev_hash, hash";
@@ -210,19 +214,21 @@ impl SqliteOptions {
     }
 }
 
-/// What the writer has done since the store was opened, from
-/// [`SqliteAuditStore::group_commit_stats`].
+/// What the file's writer has done since it was opened, from
+/// [`SqliteAuditStore::group_commit_stats`]. In a file other stores share,
+/// the transactions and the queue are theirs too; the events are this
+/// store's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct GroupCommitStats {
-    /// Append transactions committed.
+    /// Transactions committed.
     pub transactions: u64,
-    /// Events those transactions stored; `events / transactions` is the
-    /// mean batch size.
+    /// Events this store appended; in a file of its own, `events /
+    /// transactions` is the mean batch size.
     pub events: u64,
-    /// Append transactions that failed (every append in them failed).
+    /// Transactions that failed (every write in them failed).
     pub failed_transactions: u64,
-    /// Appends handed to the writer and not answered yet.
+    /// Writes handed to the writer and not answered yet.
     pub queued: u64,
 }
 
@@ -298,7 +304,9 @@ pub const VACUUM_STEP_PAGES: u32 = 256;
 /// upper edge.
 ///
 /// Several stores, even in several processes, may open one file; they share
-/// one chain.
+/// one chain. The file may hold other stores' tables too
+/// ([`in_database`](Self::in_database)): the console keeps its keys, chats
+/// and audit trail in one file, whose writes share transactions.
 ///
 /// Drop the store where a tokio runtime is current: its read connections
 /// are closed on the runtime's blocking pool.
@@ -314,9 +322,7 @@ pub const VACUUM_STEP_PAGES: u32 = 256;
 /// # }
 /// ```
 pub struct SqliteAuditStore {
-    path: PathBuf,
-    writer: Writer,
-    read: Pool,
+    db: Database,
     /// Appends committed.
     events: AtomicU64,
     /// Where [`Anchor::pruned_at`] comes from.
@@ -326,9 +332,8 @@ pub struct SqliteAuditStore {
 impl fmt::Debug for SqliteAuditStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteAuditStore")
-            .field("path", &self.path)
-            .field("group_commit", &self.group_commit_stats())
-            .field("read", &self.read.status())
+            .field("db", &self.db)
+            .field("events", &self.events)
             .finish()
     }
 }
@@ -359,33 +364,54 @@ impl SqliteAuditStore {
     }
 
     async fn try_open(path: PathBuf, options: SqliteOptions) -> Result<Self, SqliteError> {
-        let setup = setup(options.busy_timeout);
-        let batching = WriterOptions::default()
-            .with_max_batch(options.max_batch.get())
-            .with_queue_capacity(options.queue_capacity.get());
-        let convert = options.convert_for_incremental_vacuum;
-        // The writer goes first: it switches the file to WAL and creates the
-        // schema before any reader looks at it.
-        let writer = Writer::open(&path, setup, batching, move |conn| {
-            let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
-            if convert && auto_vacuum.cast_unsigned() != INCREMENTAL {
-                // A file made before incremental vacuum: one full VACUUM
-                // switches it. (A new file is set up by `initial`.)
-                conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
-            }
-            migrate(conn, MIGRATIONS)
-        })
-        .await?;
+        let file = DatabaseOptions::default()
+            .with_busy_timeout(options.busy_timeout)
+            .with_read_connections(options.read_connections)
+            .with_acquire_timeout(options.acquire_timeout)
+            .with_writer(
+                WriterOptions::default()
+                    .with_max_batch(options.max_batch.get())
+                    .with_queue_capacity(options.queue_capacity.get()),
+            );
+        let db = Database::open(path, file).await?;
+        Self::try_in_database(&db, options).await
+    }
+
+    /// Keeps the trail in `db`, a file other stores may share: their writes
+    /// and this store's are committed together, and its readers serve them
+    /// all (see [`Database`]). Creates or brings up to date this store's
+    /// tables only. Of `options`, only [`clock`](SqliteOptions::clock) and
+    /// [`convert_for_incremental_vacuum`](SqliteOptions::convert_for_incremental_vacuum)
+    /// apply: the rest are the file's, set when it was opened.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError::Unavailable`] if the file stays locked by someone else
+    /// for longer than the busy timeout or is closed; [`AuditError::Backend`]
+    /// if it holds tables of this store that no known schema version
+    /// describes, or a newer version.
+    pub async fn in_database(db: &Database, options: SqliteOptions) -> Result<Self> {
+        Ok(Self::try_in_database(db, options).await?)
+    }
+
+    async fn try_in_database(db: &Database, options: SqliteOptions) -> Result<Self, SqliteError> {
+        if options.convert_for_incremental_vacuum {
+            db.writer()
+                .exclusive(|conn| {
+                    let auto_vacuum: i64 =
+                        conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+                    if auto_vacuum.cast_unsigned() != INCREMENTAL {
+                        // A file made before incremental vacuum: one full
+                        // VACUUM switches it. (A new file is set up so.)
+                        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+                    }
+                    Ok::<_, SqliteError>(())
+                })
+                .await?;
+        }
+        db.migrate(&SCHEMA).await?;
         let store = Self {
-            read: sofiia_sqlite_support::build_pool(
-                &path,
-                options.read_connections,
-                options.acquire_timeout,
-                setup,
-                ConnectionRole::Read,
-            )?,
-            path,
-            writer,
+            db: db.clone(),
             events: AtomicU64::new(0),
             clock: options.clock,
         };
@@ -395,13 +421,13 @@ impl SqliteAuditStore {
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
     }
 
     /// What group commit has done so far: transactions, events, failures
     /// and the current queue.
     pub fn group_commit_stats(&self) -> GroupCommitStats {
-        let writer = self.writer.stats();
+        let writer = self.db.writer().stats();
         GroupCommitStats {
             transactions: writer.transactions,
             events: self.events.load(Ordering::SeqCst),
@@ -431,7 +457,7 @@ impl SqliteAuditStore {
     /// A backend error. A checkpoint that could not copy every frame is not
     /// an error but [`Checkpoint::complete`] `false`.
     pub async fn checkpoint(&self) -> Result<Checkpoint> {
-        Ok(self.writer.exclusive(|conn| checkpoint(conn)).await?)
+        Ok(self.db.writer().exclusive(|conn| checkpoint(conn)).await?)
     }
 
     /// Gives the pages that pruning freed back to the file system, in steps
@@ -455,7 +481,8 @@ impl SqliteAuditStore {
         };
         loop {
             let step: VacuumStep = self
-                .writer
+                .db
+                .writer()
                 .exclusive(|conn| vacuum_step(conn, VACUUM_STEP_PAGES))
                 .await?;
             done.incremental = step.incremental;
@@ -473,12 +500,12 @@ impl SqliteAuditStore {
     }
 
     /// Stops the store: calls in flight finish, later calls fail with
-    /// [`AuditError::Unavailable`]. Dropping the store also stops it; this
-    /// is for a shutdown that must refuse new work while other holders of
-    /// the store still exist.
+    /// [`AuditError::Unavailable`]. This closes the file for every store
+    /// sharing it; dropping every holder of it does the same. It is for a
+    /// shutdown that must refuse new work while other holders of the store
+    /// still exist.
     pub fn close(&self) {
-        self.writer.close();
-        self.read.close();
+        self.db.close();
     }
 
     async fn with_read<T, F>(&self, f: F) -> Result<T, SqliteError>
@@ -486,16 +513,28 @@ impl SqliteAuditStore {
         F: FnOnce(&mut Connection) -> Result<T, SqliteError> + Send + 'static,
         T: Send + 'static,
     {
-        sofiia_sqlite_support::with_connection(&self.read, f).await
+        self.db.read(f).await
+    }
+
+    async fn append_with(&self, durability: Durability, event: NewEvent) -> Result<AuditEvent> {
+        let stored = self
+            .db
+            .writer()
+            .write_with(durability, move |conn| append(conn, event))
+            .await?;
+        self.events.fetch_add(1, Ordering::SeqCst);
+        Ok(stored)
     }
 }
 
 #[async_trait]
 impl AuditStore for SqliteAuditStore {
     async fn append(&self, event: NewEvent) -> Result<AuditEvent> {
-        let stored = self.writer.write(move |conn| append(conn, event)).await?;
-        self.events.fetch_add(1, Ordering::SeqCst);
-        Ok(stored)
+        self.append_with(Durability::Synced, event).await
+    }
+
+    async fn append_committed(&self, event: NewEvent) -> Result<AuditEvent> {
+        self.append_with(Durability::Committed, event).await
     }
 
     async fn read(&self, query: &AuditQuery) -> Result<Page<AuditEvent>> {
@@ -525,7 +564,8 @@ impl AuditStore for SqliteAuditStore {
     async fn prune_batch(&self, cutoff: Timestamp, batch: u32) -> Result<PruneBatch> {
         let now = self.clock.now();
         Ok(self
-            .writer
+            .db
+            .writer()
             .write(move |conn| prune(conn, cutoff, batch, now))
             .await?)
     }
@@ -535,7 +575,7 @@ impl AuditStore for SqliteAuditStore {
     }
 
     async fn check(&self) -> Result<()> {
-        self.writer.exclusive(ping::<SqliteError>).await?;
+        self.db.writer().exclusive(ping::<SqliteError>).await?;
         Ok(self.with_read(ping).await?)
     }
 }
@@ -901,42 +941,6 @@ impl EventRow {
 
 // ---------------------------------------------------------------------------
 // Connections.
-
-/// Before the switch to WAL: a new file (no table yet) is set up for
-/// incremental vacuum, which takes effect only then.
-fn initial(conn: &Connection, role: ConnectionRole) -> rusqlite::Result<()> {
-    if role == ConnectionRole::Write {
-        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
-        if tables == 0 {
-            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
-        }
-    }
-    Ok(())
-}
-
-/// How every connection of this store is set up.
-fn setup(busy_timeout: Duration) -> Setup {
-    Setup::new(busy_timeout)
-        .with_initial(initial)
-        .with_tune(tune)
-}
-
-/// This store's settings of every connection, beside the shared ones of
-/// [`Setup::configure`].
-fn tune(conn: &Connection, role: ConnectionRole) -> rusqlite::Result<()> {
-    // Each filter combination is its own cached statement (see
-    // `read_statement`): 32 of them, beyond rusqlite's default of 16.
-    conn.set_prepared_statement_cache_capacity(64);
-    if role == ConnectionRole::Write {
-        // FULL: in WAL mode, each commit is fsynced before it returns, so an
-        // answered append survives a power loss (NORMAL would not promise
-        // that). Group commit pays one fsync per batch, not per event.
-        // journal_size_limit: the WAL is cut back to 64 MiB when reused, so
-        // a large prune does not leave a large WAL behind.
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA journal_size_limit = 67108864;")?;
-    }
-    Ok(())
-}
 
 // ---------------------------------------------------------------------------
 // Errors.
@@ -1533,7 +1537,8 @@ mod tests {
         {
             let conn = raw(&path);
             conn.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
-            migrate(&mut raw(&path), MIGRATIONS).unwrap();
+            conn.execute_batch(SCHEMA.migrations[0]).unwrap();
+            conn.execute_batch("PRAGMA user_version = 1;").unwrap();
         }
         let store = SqliteAuditStore::open(&path).await.unwrap();
         store.append(fx.event(1)).await.unwrap();
@@ -1651,7 +1656,7 @@ mod tests {
         let (_dir, path, store) = fresh("future.sqlite3").await;
         drop(store);
         raw(&path)
-            .execute_batch("PRAGMA user_version = 99;")
+            .execute_batch("UPDATE sofiia_schema SET version = 99 WHERE store = 'audit';")
             .unwrap();
         let err = SqliteAuditStore::open(&path).await.unwrap_err();
         assert!(matches!(err, AuditError::Backend { .. }), "{err:?}");
@@ -1669,10 +1674,8 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(usize::try_from(version).unwrap(), MIGRATIONS.len());
+        let version = sofiia_sqlite_support::schema_version(&conn, "audit").unwrap();
+        assert_eq!(version, Some(SCHEMA.latest()));
         let names: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
             .unwrap()
@@ -1687,7 +1690,8 @@ mod tests {
                 "events",
                 "events_by_action",
                 "events_by_actor",
-                "events_by_ts"
+                "events_by_ts",
+                "sofiia_schema"
             ]
         );
     }
@@ -1775,7 +1779,7 @@ mod tests {
         let (_dir, _path, store) = fresh("debug.sqlite3").await;
         let debug = format!("{store:?}");
         assert!(
-            debug.contains("debug.sqlite3") && debug.contains("GroupCommitStats"),
+            debug.contains("debug.sqlite3") && debug.contains("WriterStats"),
             "{debug}"
         );
     }

@@ -90,6 +90,8 @@ pub use crate::sqlite::{SqliteChatIndex, SqliteOptions};
 #[cfg(feature = "redis")]
 /// The shared Redis connection the Redis backend is built on.
 pub use sofiia_redis_support::RedisConnection;
+#[cfg(feature = "sqlite")]
+pub use sofiia_sqlite_support::{Database, DatabaseOptions, Durability};
 
 /// What can go wrong in a chat index.
 #[derive(Debug, thiserror::Error)]

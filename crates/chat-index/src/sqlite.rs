@@ -6,25 +6,25 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_sqlite::{Pool, PoolError};
+use deadpool_sqlite::PoolError;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use rusqlite_migration::M;
 use sofiia_core_domain::{
     Chat, ChatId, ChatTitle, Cursor, Exchange, Message, MessageId, NewChat, NodeId, OperatorId,
     Page, PageRequest, Role, Timestamp, ValidationError,
 };
-use sofiia_sqlite_support::{
-    ConnectionRole, Setup, Writer, WriterOptions, build_pool, migrate, ping,
-};
+use sofiia_sqlite_support::{Database, DatabaseOptions, Durability, Schema, ping};
 
 use crate::exchange::{self, ExchangeError};
 use crate::import::{self, ImportError};
 use crate::{ChatIndexError, ChatIndexStore, Imported, Result};
 
-/// The schema, one entry per version; `PRAGMA user_version` records how many
-/// have run. Entries are never edited once released, only appended.
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE chats (
+/// The schema, one entry per version, recorded in the file's
+/// `sofiia_schema` table. Entries are never edited once released, only
+/// appended.
+static SCHEMA: Schema = Schema {
+    store: "chat_index",
+    marker: "messages",
+    migrations: &["CREATE TABLE chats (
         id            TEXT    NOT NULL PRIMARY KEY,
         title         TEXT,
         node          TEXT    NOT NULL,
@@ -46,8 +46,8 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
         operator_id TEXT    NOT NULL,
         node        TEXT    NOT NULL
     ) STRICT;
-    CREATE INDEX messages_by_chat_time ON messages (chat_id, ts DESC, id DESC);",
-)];
+    CREATE INDEX messages_by_chat_time ON messages (chat_id, ts DESC, id DESC);"],
+};
 
 // The list queries fetch `limit + 1` rows (see `Page::from_overfetch`). Text
 // compares with SQLite's default BINARY collation, byte by byte, as Rust's
@@ -173,7 +173,9 @@ impl SqliteOptions {
 /// crash or a power loss. Group commit keeps that to one `fsync` per batch.
 ///
 /// Several stores, even in several processes, may open one file; they share
-/// its data.
+/// its data. The file may hold other stores' tables too
+/// ([`in_database`](Self::in_database)): the console keeps its keys, chats
+/// and audit trail in one file, whose writes share transactions.
 ///
 /// ```
 /// use sofiia_chat_index::{ChatIndexStore, SqliteChatIndex};
@@ -186,17 +188,15 @@ impl SqliteOptions {
 /// # }
 /// ```
 pub struct SqliteChatIndex {
-    path: PathBuf,
-    write: Writer,
-    read: Pool,
+    db: Database,
+    durability: Durability,
 }
 
 impl fmt::Debug for SqliteChatIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteChatIndex")
-            .field("path", &self.path)
-            .field("write", &self.write.stats())
-            .field("read", &self.read.status())
+            .field("db", &self.db)
+            .field("durability", &self.durability)
             .finish()
     }
 }
@@ -227,37 +227,66 @@ impl SqliteChatIndex {
     }
 
     async fn try_open(path: PathBuf, options: &SqliteOptions) -> Result<Self, SqliteError> {
-        let setup = Setup::new(options.busy_timeout).with_tune(tune);
-        // The writer goes first: it switches the file to WAL and creates the
-        // schema before any reader looks at it.
-        let write = Writer::open(&path, setup, WriterOptions::default(), |conn| {
-            migrate(conn, MIGRATIONS)
-        })
-        .await?;
-        let read = build_pool(
-            &path,
-            options.read_connections,
-            options.acquire_timeout,
-            setup,
-            ConnectionRole::Read,
-        )?;
-        let store = Self { path, write, read };
+        let file = DatabaseOptions::default()
+            .with_busy_timeout(options.busy_timeout)
+            .with_read_connections(options.read_connections)
+            .with_acquire_timeout(options.acquire_timeout);
+        let db = Database::open(path, file).await?;
+        Self::try_in_database(&db).await
+    }
+
+    /// Keeps the index in `db`, a file other stores may share: their writes
+    /// and this store's are committed together, and its readers serve them
+    /// all (see [`Database`]). Creates or brings up to date this store's
+    /// tables only.
+    ///
+    /// # Errors
+    ///
+    /// [`ChatIndexError::Unavailable`] if the file stays locked by someone
+    /// else for longer than the busy timeout or is closed;
+    /// [`ChatIndexError::Backend`] if it holds tables of this store that no
+    /// known schema version describes, or a newer version.
+    pub async fn in_database(db: &Database) -> Result<Self> {
+        Ok(Self::try_in_database(db).await?)
+    }
+
+    async fn try_in_database(db: &Database) -> Result<Self, SqliteError> {
+        db.migrate(&SCHEMA).await?;
+        let store = Self {
+            db: db.clone(),
+            durability: Durability::Synced,
+        };
         store.with_read(ping).await?;
         Ok(store)
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// This store, answering its writes once they are taken as far as
+    /// `durability` says. The default, [`Durability::Synced`], answers a
+    /// write once it is on disk. [`Durability::Committed`] answers once it
+    /// is committed: it survives the process being killed, and a power loss
+    /// undoes it only with every write after it in the file. That is for an
+    /// owner that follows every write of this store with a synced write to
+    /// the same file before it relies on it: the console, whose chats are
+    /// followed by their audit event and whose exchanges by their completed
+    /// idempotency key, all in one file.
+    #[must_use]
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
     }
 
-    /// Closes the connection pools: calls in flight finish, later calls fail
-    /// with [`ChatIndexError::Unavailable`]. Dropping the store also closes
-    /// its connections; this is for a shutdown that must refuse new work
-    /// while other holders of the store still exist.
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+
+    /// Closes the file: calls in flight finish, later calls fail with
+    /// [`ChatIndexError::Unavailable`]. This closes it for every store
+    /// sharing it; dropping every holder of it does the same. It is for a
+    /// shutdown that must refuse new work while other holders of the store
+    /// still exist.
     pub fn close(&self) {
-        self.write.close();
-        self.read.close();
+        self.db.close();
     }
 
     async fn with_read<T, F>(&self, f: F) -> Result<T, SqliteError>
@@ -265,16 +294,17 @@ impl SqliteChatIndex {
         F: FnOnce(&mut Connection) -> Result<T, SqliteError> + Send + 'static,
         T: Send + 'static,
     {
-        sofiia_sqlite_support::with_connection(&self.read, f).await
+        self.db.read(f).await
     }
 
-    /// Runs `f` in the writer's next transaction (see [`Writer::write`]).
+    /// Runs `f` in the writer's next transaction (see
+    /// [`Writer::write`](sofiia_sqlite_support::Writer::write)).
     async fn with_write<T, F>(&self, f: F) -> Result<T, SqliteError>
     where
         F: FnOnce(&Connection) -> Result<T, SqliteError> + Send + 'static,
         T: Send + 'static,
     {
-        self.write.write(f).await
+        self.db.writer().write_with(self.durability, f).await
     }
 }
 
@@ -599,14 +629,6 @@ impl MessageRow {
     }
 }
 
-/// This store's settings of every connection, beside the shared ones of
-/// [`Setup::configure`].
-fn tune(conn: &Connection, _role: ConnectionRole) -> rusqlite::Result<()> {
-    // FULL: a committed write survives a power loss too, as an answered
-    // send promises; group commit keeps the cost to one fsync per batch.
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-}
-
 /// What went wrong inside this backend; converted to [`ChatIndexError`] at
 /// the trait boundary, and kept as its source.
 #[derive(Debug, thiserror::Error)]
@@ -834,10 +856,8 @@ mod tests {
         assert_eq!(third.get_chat(&chat.id).await.unwrap(), Some(chat));
 
         let conn = raw(&path);
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(usize::try_from(version).unwrap(), MIGRATIONS.len());
+        let version = sofiia_sqlite_support::schema_version(&conn, "chat_index").unwrap();
+        assert_eq!(version, Some(SCHEMA.latest()));
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
@@ -858,10 +878,64 @@ mod tests {
         let path = dir.path().join("future.sqlite3");
         drop(SqliteChatIndex::open(&path).await.unwrap());
         raw(&path)
-            .execute_batch("PRAGMA user_version = 99;")
+            .execute_batch("UPDATE sofiia_schema SET version = 99 WHERE store = 'chat_index';")
             .unwrap();
         let err = SqliteChatIndex::open(&path).await.unwrap_err();
         assert!(matches!(err, ChatIndexError::Backend { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_file_of_an_earlier_release_is_kept_and_adopted() {
+        // Before stores shared a file, the chat index had one of its own
+        // with its version in `user_version`.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat-index.db");
+        let (new_chat, exchange) = fixture("earlier");
+        {
+            let conn = raw(&path);
+            conn.execute_batch(SCHEMA.migrations[0]).unwrap();
+            conn.execute_batch("PRAGMA user_version = 1;").unwrap();
+        }
+        let store = SqliteChatIndex::open(&path).await.unwrap();
+        let chat = store.append_exchange(new_chat, &exchange).await.unwrap();
+        assert_eq!(chat.message_count, 2);
+        let version = sofiia_sqlite_support::schema_version(&raw(&path), "chat_index").unwrap();
+        assert_eq!(version, Some(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_index_shares_a_file_and_its_commits_with_other_stores() {
+        static OTHER: Schema = Schema {
+            store: "other",
+            marker: "other",
+            migrations: &["CREATE TABLE other (x INTEGER NOT NULL) STRICT;"],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("console.db"), DatabaseOptions::default())
+            .await
+            .unwrap();
+        db.migrate(&OTHER).await.unwrap();
+        let store = SqliteChatIndex::in_database(&db).await.unwrap();
+        let (new_chat, exchange) = fixture("together");
+        let before = db.writer().stats();
+        let (chat, other) = tokio::join!(
+            store.append_exchange(new_chat, &exchange),
+            db.writer().write(|conn| {
+                conn.execute("INSERT INTO other (x) VALUES (1)", [])
+                    .map_err(sofiia_sqlite_support::Error::from)
+            }),
+        );
+        assert_eq!(chat.unwrap().message_count, 2);
+        assert_eq!(other.unwrap(), 1);
+        assert_eq!(db.writer().stats().writes - before.writes, 2);
+        // Closing the store closes the file for everyone in it.
+        store.close();
+        let err = db
+            .writer()
+            .write(|_| Ok::<_, sofiia_sqlite_support::Error>(()))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
     }
 
     #[tokio::test]

@@ -176,6 +176,8 @@ pub use crate::sqlite::{SqliteIdempotencyStore, SqliteOptions};
 #[cfg(feature = "redis")]
 /// The shared Redis connection the Redis backend is built on.
 pub use sofiia_redis_support::RedisConnection;
+#[cfg(feature = "sqlite")]
+pub use sofiia_sqlite_support::{Database, DatabaseOptions};
 
 /// An idempotency key within the scope of one principal.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
-use rusqlite_migration::M;
 use sofiia_core_domain::{DynClock, SystemClock, Timestamp};
-use sofiia_sqlite_support::{ConnectionRole, Durability, Setup, Writer, WriterOptions, migrate};
+use sofiia_sqlite_support::{Database, DatabaseOptions, Durability, Schema, WriterOptions};
 
 use crate::codec::{decode_headers, encode_headers};
 use crate::fingerprint::ttl_millis;
@@ -18,10 +17,13 @@ use crate::{
     ScopedKey, StoredResponse,
 };
 
-/// The schema, one entry per version; `PRAGMA user_version` records how many
-/// have run. Entries are never edited once released, only appended.
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE idempotency_keys (
+/// The schema, one entry per version, recorded in the file's
+/// `sofiia_schema` table. Entries are never edited once released, only
+/// appended.
+static SCHEMA: Schema = Schema {
+    store: "idempotency",
+    marker: "idempotency_keys",
+    migrations: &["CREATE TABLE idempotency_keys (
         id          INTEGER PRIMARY KEY,
         -- SHA-256 of the principal and the client's key; neither in clear.
         slot        BLOB    NOT NULL UNIQUE CHECK (length(slot) = 32),
@@ -41,8 +43,8 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
         CHECK (state <> 1 OR (token IS NOT NULL AND lease_until IS NOT NULL AND pending IS NOT NULL)),
         CHECK (state <> 2 OR (status IS NOT NULL AND headers IS NOT NULL AND body IS NOT NULL))
     ) STRICT;
-    CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);",
-)];
+    CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);"],
+};
 
 const IN_FLIGHT: i64 = 0;
 const PENDING: i64 = 1;
@@ -147,14 +149,14 @@ impl SqliteOptions {
 /// never dropped to make room. A full disk makes operations fail with
 /// [`IdempotencyError::Unavailable`] until there is room again.
 pub struct SqliteIdempotencyStore {
-    writer: Writer,
+    db: Database,
     clock: Arc<DynClock>,
 }
 
 impl fmt::Debug for SqliteIdempotencyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteIdempotencyStore")
-            .field("writer", &self.writer)
+            .field("db", &self.db)
             .field("clock", &self.clock)
             .finish()
     }
@@ -280,27 +282,43 @@ impl SqliteIdempotencyStore {
     ///
     /// As for [`open`](Self::open).
     pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
-        let setup = Setup::new(options.busy_timeout).with_tune(tune);
-        let writer = Writer::open(path.as_ref(), setup, options.writer, |conn| {
-            migrate(conn, MIGRATIONS)
-        })
-        .await
-        .map_err(SqliteError::from)?;
+        let file = DatabaseOptions::default()
+            .with_busy_timeout(options.busy_timeout)
+            .with_writer(options.writer);
+        let db = Database::open(path, file)
+            .await
+            .map_err(SqliteError::from)?;
+        Self::in_database(&db, options.clock).await
+    }
+
+    /// Keeps the keys in `db`, a file other stores may share: their writes
+    /// and this store's are committed together (see [`Database`]). Creates
+    /// or brings up to date this store's tables only.
+    ///
+    /// # Errors
+    ///
+    /// [`IdempotencyError::Unavailable`] if the file stays locked by someone
+    /// else for longer than the busy timeout or is closed;
+    /// [`IdempotencyError::Backend`] if it holds tables of this store that
+    /// no known schema version describes, or a newer version.
+    pub async fn in_database(db: &Database, clock: Arc<DynClock>) -> Result<Self> {
+        db.migrate(&SCHEMA).await.map_err(SqliteError::from)?;
         Ok(Self {
-            writer,
-            clock: options.clock,
+            db: db.clone(),
+            clock,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        self.writer.path()
+        self.db.path()
     }
 
     /// Stops accepting operations; later ones fail with
-    /// [`IdempotencyError::Unavailable`]. Dropping the store does the same.
+    /// [`IdempotencyError::Unavailable`]. This closes the file for every
+    /// store sharing it; dropping every holder of it does the same.
     pub fn close(&self) {
-        self.writer.close();
+        self.db.close();
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T>
@@ -308,7 +326,7 @@ impl SqliteIdempotencyStore {
         F: FnOnce(&Connection) -> Result<T, SqliteError> + Send + 'static,
         T: Send + 'static,
     {
-        Ok(self.writer.write(f).await?)
+        Ok(self.db.writer().write(f).await?)
     }
 
     /// A write that need not be on disk before it is answered (see the
@@ -318,14 +336,12 @@ impl SqliteIdempotencyStore {
         F: FnOnce(&Connection) -> Result<T, SqliteError> + Send + 'static,
         T: Send + 'static,
     {
-        Ok(self.writer.write_with(Durability::Committed, f).await?)
+        Ok(self
+            .db
+            .writer()
+            .write_with(Durability::Committed, f)
+            .await?)
     }
-}
-
-/// This store's settings of its connection, beside the shared ones.
-fn tune(conn: &Connection, _role: ConnectionRole) -> rusqlite::Result<()> {
-    // FULL: an answer the console gave is replayed after a power loss too.
-    conn.execute_batch("PRAGMA synchronous = FULL;")
 }
 
 #[async_trait]
@@ -491,7 +507,8 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         // Between batches, outside any transaction: the writer thread and
         // its connection answer.
         Ok(self
-            .writer
+            .db
+            .writer()
             .exclusive(|conn| {
                 conn.query_row("SELECT 1", [], |_| Ok(()))?;
                 Ok::<_, SqliteError>(())

@@ -1,42 +1,40 @@
 //! SQLite plumbing shared by the sofiia-console backends.
 //!
-//! The chat index and the audit trail each keep one SQLite file in WAL mode,
-//! written through one connection beside a pool of read-only ones. They set
-//! up their connections, reach them through `deadpool-sqlite`, migrate their
-//! schema and tell a busy file from a broken one in the same way; this crate
-//! is that common part, so that the two cannot drift apart.
+//! The idempotency store, the chat index and the audit trail can each keep
+//! their tables in SQLite, and on one machine they keep them in one file: a
+//! [`Database`] is that file in WAL mode, written by one [`Writer`] thread
+//! that commits every store's waiting writes together (one `fsync` for
+//! many), beside a pool of read-only connections. The stores set up their
+//! connections, migrate their schemas ([`Schema`], one version per store
+//! in the file) and tell a busy file from a broken one in the same way;
+//! this crate is that common part, so that they cannot drift apart.
 //!
-//! What stays in each backend: its schema, its per-connection tuning
-//! ([`Setup::with_tune`]: durability, statement cache, foreign keys), its
-//! private error enum (which wraps this crate's [`Error`]) and its public
-//! error type, which [`Error::is_transient`] and
-//! [`pool_error_is_transient`] help it choose.
+//! What stays in each backend: its schema, its statements, its private
+//! error enum (which wraps this crate's [`Error`]) and its public error
+//! type, which [`Error::is_transient`] and [`pool_error_is_transient`] help
+//! it choose.
 //!
 //! ```
-//! use std::num::NonZeroUsize;
-//! use std::time::Duration;
+//! use sofiia_sqlite_support::{Database, DatabaseOptions, Error, Schema};
 //!
-//! use rusqlite_migration::M;
-//! use sofiia_sqlite_support::{ConnectionRole, Setup};
-//!
-//! const MIGRATIONS: &[M<'static>] = &[M::up("CREATE TABLE notes (body TEXT NOT NULL) STRICT;")];
+//! static NOTES: Schema = Schema {
+//!     store: "notes",
+//!     marker: "notes",
+//!     migrations: &["CREATE TABLE notes (body TEXT NOT NULL) STRICT;"],
+//! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let dir = tempfile::tempdir()?;
-//! let path = dir.path().join("data/notes.sqlite3");
-//! sofiia_sqlite_support::create_parent_dir(&path).await?;
-//!
-//! let setup = Setup::new(Duration::from_secs(5));
-//! let timeout = Duration::from_secs(5);
-//! let write =
-//!     sofiia_sqlite_support::build_pool(&path, NonZeroUsize::MIN, timeout, setup, ConnectionRole::Write)?;
-//! sofiia_sqlite_support::with_connection(&write, |conn| {
-//!     sofiia_sqlite_support::migrate(conn, MIGRATIONS)?;
-//!     conn.execute("INSERT INTO notes (body) VALUES ('hello')", [])?;
-//!     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-//! })
-//! .await?;
+//! let db = Database::open(dir.path().join("data/console.db"), DatabaseOptions::default()).await?;
+//! db.migrate(&NOTES).await?;
+//! db.writer()
+//!     .write(|conn| Ok::<_, Error>(conn.execute("INSERT INTO notes (body) VALUES ('hello')", [])?))
+//!     .await?;
+//! let notes: i64 = db
+//!     .read(|conn| Ok::<_, Error>(conn.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))?))
+//!     .await?;
+//! assert_eq!(notes, 1);
 //! # Ok(())
 //! # }
 //! ```
@@ -51,10 +49,13 @@ use deadpool_sqlite::{
     Timeouts,
 };
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
-use rusqlite_migration::{M, Migrations};
 
+mod database;
+mod schema;
 mod writer;
 
+pub use crate::database::{Database, DatabaseOptions};
+pub use crate::schema::{Schema, migrate, schema_version};
 pub use crate::writer::{Durability, Writer, WriterOptions, WriterStats};
 
 /// What a connection is for.
@@ -250,32 +251,6 @@ where
         .map_err(|e| E::from(Error::from(e)))?
 }
 
-/// Brings the schema of `conn`'s file up to `migrations`, one entry per
-/// version (`PRAGMA user_version` records how many have run).
-///
-/// Another process may have migrated between the moment this one read the
-/// schema version and the moment it got the write lock; then the migration
-/// here fails (the tables exist) but the file is up to date, which counts
-/// as success.
-///
-/// # Errors
-///
-/// [`Error::Migration`] if the file is not a database of this schema (or
-/// of a newer one); [`Error::Sqlite`] if its version cannot be read.
-pub fn migrate(conn: &mut Connection, migrations: &[M<'_>]) -> Result<(), Error> {
-    match Migrations::from_slice(migrations).to_latest(conn) {
-        Ok(()) => Ok(()),
-        Err(err) => {
-            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if usize::try_from(version).is_ok_and(|v| v == migrations.len()) {
-                Ok(())
-            } else {
-                Err(Error::Migration(err))
-            }
-        }
-    }
-}
-
 /// Runs `SELECT 1`: whether the connection answers, for readiness checks.
 ///
 /// # Errors
@@ -347,9 +322,31 @@ pub enum Error {
     /// [`build_pool`] could not build the pool.
     #[error("the SQLite connection pool could not be built")]
     Build(#[from] BuildError),
-    /// [`migrate`] could not bring the schema up to date.
-    #[error("the SQLite schema could not be brought up to date")]
-    Migration(#[source] rusqlite_migration::Error),
+    /// A migration of [`migrate`] failed; nothing of it was kept.
+    #[error("migration {version} of the {store} schema failed")]
+    Migration {
+        /// The store whose schema it is.
+        store: &'static str,
+        /// The version it would have brought the file to.
+        version: usize,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file holds a newer version of a store's schema than this build
+    /// knows: it was written by a newer release.
+    #[error("the file holds version {found} of the {store} schema; this build knows up to {known}")]
+    NewerSchema {
+        /// The store whose schema it is.
+        store: &'static str,
+        /// The version in the file.
+        found: i64,
+        /// The newest version this build knows.
+        known: i64,
+    },
+    /// No read connection could be had from a [`Database`]'s pool.
+    #[error("no SQLite connection could be had")]
+    Pool(#[source] Box<PoolError>),
     /// [`create_parent_dir`] could not create a directory.
     #[error("the database directory could not be created")]
     CreateDir(#[source] io::Error),
@@ -380,11 +377,9 @@ impl Error {
     /// store is shutting down).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Sqlite(e)
-            | Error::Migration(rusqlite_migration::Error::RusqliteError { err: e, .. }) => {
-                is_retryable(e)
-            }
+            Error::Sqlite(e) | Error::Migration { source: e, .. } => is_retryable(e),
             Error::Batch(e) => is_retryable(e),
+            Error::Pool(e) => pool_error_is_transient(e),
             Error::WriterStopped => true,
             _ => false,
         }
@@ -402,14 +397,14 @@ impl From<InteractError> for Error {
 #[cfg(test)]
 mod tests {
     use std::error::Error as _;
-    use std::sync::{Arc, Barrier};
 
     use super::*;
 
-    const MIGRATIONS: &[M<'static>] = &[
-        M::up("CREATE TABLE a (x INTEGER) STRICT;"),
-        M::up("CREATE TABLE b (y INTEGER) STRICT;"),
-    ];
+    static SCHEMA: Schema = Schema {
+        store: "test",
+        marker: "a",
+        migrations: &["CREATE TABLE a (x INTEGER) STRICT;"],
+    };
 
     /// A plain connection to the file, as another process would hold it.
     fn raw(path: &Path) -> Connection {
@@ -486,57 +481,6 @@ mod tests {
     }
 
     #[test]
-    fn migrate_is_idempotent_and_refuses_a_newer_schema() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("schema.sqlite3");
-        let mut conn = raw(&path);
-        migrate(&mut conn, MIGRATIONS).unwrap();
-        migrate(&mut conn, MIGRATIONS).unwrap();
-        assert_eq!(pragma::<i64>(&conn, "user_version"), 2);
-
-        conn.execute_batch("PRAGMA user_version = 99;").unwrap();
-        let err = migrate(&mut conn, MIGRATIONS).unwrap_err();
-        assert!(matches!(err, Error::Migration(_)), "{err:?}");
-        assert!(!err.is_transient());
-    }
-
-    #[test]
-    fn concurrent_openers_all_migrate() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raced.sqlite3");
-        let barrier = Arc::new(Barrier::new(4));
-        let openers: Vec<_> = (0..4)
-            .map(|_| {
-                let path = path.clone();
-                let barrier = Arc::clone(&barrier);
-                std::thread::spawn(move || {
-                    let mut conn = Connection::open(&path).unwrap();
-                    Setup::new(Duration::from_secs(5))
-                        .configure(&mut conn, ConnectionRole::Write)
-                        .unwrap();
-                    barrier.wait();
-                    migrate(&mut conn, MIGRATIONS)
-                })
-            })
-            .collect();
-        for opener in openers {
-            opener.join().unwrap().unwrap();
-        }
-        assert_eq!(pragma::<i64>(&raw(&path), "user_version"), 2);
-    }
-
-    #[test]
-    fn a_half_migrated_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = raw(&dir.path().join("half.sqlite3"));
-        // The tables exist, but the version says they do not.
-        conn.execute_batch("CREATE TABLE a (x INTEGER) STRICT;")
-            .unwrap();
-        let err = migrate(&mut conn, MIGRATIONS).unwrap_err();
-        assert!(matches!(err, Error::Migration(_)), "{err:?}");
-    }
-
-    #[test]
     fn busy_and_locked_are_transient_and_nothing_else() {
         assert!(is_busy(&busy()));
         let locked = rusqlite::Error::SqliteFailure(
@@ -549,11 +493,10 @@ mod tests {
 
         assert!(Error::Sqlite(busy()).is_transient());
         assert!(!Error::Sqlite(constraint()).is_transient());
-        let migration = |err| {
-            Error::Migration(rusqlite_migration::Error::RusqliteError {
-                query: String::new(),
-                err,
-            })
+        let migration = |source| Error::Migration {
+            store: "test",
+            version: 1,
+            source,
         };
         assert!(migration(busy()).is_transient());
         assert!(!migration(constraint()).is_transient());
@@ -627,7 +570,7 @@ mod tests {
         )
         .unwrap();
         with_connection(&write, |conn| {
-            migrate(conn, MIGRATIONS)?;
+            migrate(conn, &SCHEMA)?;
             conn.execute("INSERT INTO a (x) VALUES (7)", [])?;
             Ok::<_, TestError>(())
         })

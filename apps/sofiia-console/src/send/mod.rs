@@ -280,6 +280,10 @@ pub struct SendParts {
     pub logger: Logger,
     /// The deadline of each store call, and of each storing attempt.
     pub store_timeout: Duration,
+    /// Whether a send's audit event may be answered once committed rather
+    /// than on disk, because the completed key, written after it, takes it
+    /// to disk (see `Stores::one_sqlite_file`).
+    pub events_made_durable_by_key: bool,
 }
 
 /// Delays between storing attempts after the node answered; the last one
@@ -761,7 +765,11 @@ impl Sender {
                 .await?;
         if !written {
             let event = audit_event(Recorded::Stored { work, resumed });
-            auditor.record(&work.meta, event).await?;
+            if self.parts().events_made_durable_by_key {
+                auditor.record_committed(&work.meta, event).await?;
+            } else {
+                auditor.record(&work.meta, event).await?;
+            }
         }
         Ok(())
     }
