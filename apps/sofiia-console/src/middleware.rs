@@ -20,7 +20,7 @@ use crate::auth::denial_event;
 use crate::problem::ApiError;
 use crate::request::{Denied, REQUEST_ID, RequestId, RequestMeta, RequestStart};
 use crate::state::AppState;
-use crate::telemetry::flow_event;
+use crate::telemetry::{flow_event, record_http_request};
 
 fn bounded_method(method: &actix_web::http::Method) -> &'static str {
     use actix_web::http::Method;
@@ -94,19 +94,12 @@ pub async fn request_middleware(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = bounded_method(http_req.method());
-    metrics::counter!(
-        "sofiia_http_requests_total",
-        "method" => method,
-        "route" => route.clone(),
-        "status" => status.as_str().to_owned(),
-    )
-    .increment(1);
-    metrics::histogram!(
-        "sofiia_http_request_duration_seconds",
-        "method" => method,
-        "route" => route.clone(),
-    )
-    .record(started.elapsed().as_secs_f64());
+    record_http_request(
+        method,
+        &route,
+        status.as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
 
     if let Some(state) = state {
         if status.is_server_error() {

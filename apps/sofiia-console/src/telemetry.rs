@@ -1,11 +1,13 @@
 //! Logs and metrics: the JSON logger, the Prometheus recorder, and the flow
 //! events every part of the console writes.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use actix_web::{HttpMessage as _, HttpRequest};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use slog::{Drain as _, Logger, o};
 
@@ -182,12 +184,114 @@ where
         .get::<RequestStart>()
         .map(|s| u64::try_from(s.0.elapsed().as_millis()).unwrap_or(u64::MAX));
     drop(ext);
-    let logger = logger.new(o!(
+    // One child logger for the caller's fields; the request's go with the
+    // record itself.
+    slog::info!(
+        logger.new(kv), "{}", flow;
         "flow" => flow,
         "request_id" => request_id,
         "operator" => operator,
         "chat_id" => chat_id,
         "latency_ms" => latency_ms,
-    ));
-    slog::info!(logger.new(kv), "{}", flow);
+    );
+}
+
+/// `sofiia_http_requests_total` and `sofiia_http_request_duration_seconds`
+/// of one route, by method (and status).
+#[derive(Default)]
+struct RouteMetrics {
+    requests: HashMap<(&'static str, u16), Counter>,
+    durations: HashMap<&'static str, Histogram>,
+}
+
+/// The handles of the per-request metrics, kept once registered: finding
+/// one here is a hash lookup, where registering it again (what `counter!`
+/// does on every call) builds its labels and key first. Routes are the
+/// route templates plus `unmatched`, methods and statuses a bounded set, so
+/// this stays small.
+static HTTP_METRICS: OnceLock<RwLock<HashMap<String, RouteMetrics>>> = OnceLock::new();
+
+/// Counts one answered request in `sofiia_http_requests_total` and records
+/// its duration in `sofiia_http_request_duration_seconds`.
+pub fn record_http_request(method: &'static str, route: &str, status: u16, seconds: f64) {
+    let routes = HTTP_METRICS.get_or_init(RwLock::default);
+    {
+        let known = routes.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(metrics) = known.get(route)
+            && let (Some(counter), Some(histogram)) = (
+                metrics.requests.get(&(method, status)),
+                metrics.durations.get(method),
+            )
+        {
+            counter.increment(1);
+            histogram.record(seconds);
+            return;
+        }
+    }
+    let mut known = routes.write().unwrap_or_else(PoisonError::into_inner);
+    let metrics = known.entry(route.to_owned()).or_default();
+    let counter = metrics.requests.entry((method, status)).or_insert_with(|| {
+        metrics::counter!(
+            "sofiia_http_requests_total",
+            "method" => method,
+            "route" => route.to_owned(),
+            "status" => status.to_string(),
+        )
+    });
+    counter.increment(1);
+    let histogram = metrics.durations.entry(method).or_insert_with(|| {
+        metrics::histogram!(
+            "sofiia_http_request_duration_seconds",
+            "method" => method,
+            "route" => route.to_owned(),
+        )
+    });
+    histogram.record(seconds);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the series whose line starts with `prefix`.
+    fn value(rendered: &str, prefix: &str) -> Option<f64> {
+        rendered
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn request_metrics_count_every_request_under_its_labels() {
+        let handle = metrics_handle();
+        let route = "/test/record-http-request/{id}";
+        for _ in 0..3 {
+            record_http_request("GET", route, 200, 0.002);
+        }
+        record_http_request("GET", route, 404, 0.001);
+        record_http_request("POST", route, 200, 0.5);
+        let rendered = handle.render();
+        let series = |method: &str, status: &str| {
+            value(
+                &rendered,
+                &format!(
+                    "sofiia_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}}"
+                ),
+            )
+        };
+        assert_eq!(series("GET", "200"), Some(3.0), "{rendered}");
+        assert_eq!(series("GET", "404"), Some(1.0), "{rendered}");
+        assert_eq!(series("POST", "200"), Some(1.0), "{rendered}");
+        let durations = |method: &str| {
+            value(
+                &rendered,
+                &format!(
+                    "sofiia_http_request_duration_seconds_count{{method=\"{method}\",route=\"{route}\"}}"
+                ),
+            )
+        };
+        assert_eq!(durations("GET"), Some(4.0), "{rendered}");
+        assert_eq!(durations("POST"), Some(1.0), "{rendered}");
+    }
 }
