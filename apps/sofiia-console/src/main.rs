@@ -9,6 +9,13 @@ use sofiia_console::config::Settings;
 use sofiia_console::server;
 use sofiia_console::telemetry::json_logger;
 
+/// mimalloc rather than the system allocator: a send allocates on the HTTP
+/// workers, the send runtime and the SQLite writer thread and often frees
+/// on another, which glibc's arenas serve with locks; see
+/// docs/benchmarks.md for what it bought.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The operator console for the agent Sofiia.
 ///
 /// Every setting is an environment variable (see the README); `--config`
