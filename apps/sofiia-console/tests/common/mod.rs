@@ -197,11 +197,15 @@ impl ConsoleBuilder {
         let mut stores = server::open_stores(&settings, clock, &logger)
             .await
             .unwrap();
+        // A replaced store is not in the data dir's file: every write is
+        // synced on its own again.
         if let Some(audit) = self.audit {
             stores.audit = audit;
+            stores.one_sqlite_file = false;
         }
         if let Some(index) = self.chat_index {
             stores.chat_index = index;
+            stores.one_sqlite_file = false;
         }
         let state = server::compose(&settings, stores, logger);
         let server = server::start(&settings, state.clone()).unwrap();
