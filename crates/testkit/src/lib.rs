@@ -11,6 +11,10 @@
 //! - with `SOFIIA_REQUIRE_REDIS=1` (CI), unset or unreachable is a failure,
 //!   so no Redis test can skip silently there.
 //!
+//! PostgreSQL-backed tests do the same with `SOFIIA_TEST_POSTGRES_URL` and
+//! `SOFIIA_REQUIRE_POSTGRES=1`; each [`PostgresTestDatabase`] is a database
+//! of its own, dropped with it.
+//!
 //! Each [`RedisTestContext`] owns a random key prefix and deletes its keys
 //! when dropped, so tests never see each other's state. [`RedisServer`]
 //! starts a private `redis-server` that a test may stop and restart, for
@@ -33,9 +37,11 @@ use deadpool_redis::redis;
 use sofiia_redis_support::RedisConnection;
 
 mod guarded;
+mod postgres;
 mod suite;
 
 pub use crate::guarded::Guarded;
+pub use crate::postgres::{POSTGRES_URL_VAR, PostgresTestDatabase, REQUIRE_POSTGRES_VAR};
 pub use crate::suite::assert_every_case_listed;
 
 /// The variable naming the test Redis.
@@ -43,19 +49,30 @@ pub const REDIS_URL_VAR: &str = "SOFIIA_TEST_REDIS_URL";
 /// The variable that turns a missing Redis into a failure.
 pub const REQUIRE_VAR: &str = "SOFIIA_REQUIRE_REDIS";
 
-fn required() -> bool {
-    std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1")
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
 }
 
 fn skip_or_fail<T>(test: &str, why: &str) -> Option<T> {
-    if required() {
-        panic!("{test}: {why}, and {REQUIRE_VAR}=1 requires every Redis test to run");
+    skip_or_fail_with(
+        test,
+        why,
+        REQUIRE_VAR,
+        &format!("Set {REDIS_URL_VAR}=redis://127.0.0.1:6379 to run it."),
+    )
+}
+
+/// Fails when `require_var` is `1`, else says loudly that `test` is
+/// skipped and why, and returns `None`.
+fn skip_or_fail_with<T>(test: &str, why: &str, require_var: &str, hint: &str) -> Option<T> {
+    if required(require_var) {
+        panic!("{test}: {why}, and {require_var}=1 requires every such test to run");
     }
     // Written to the stderr handle directly: the test harness captures the
     // print macros of passing tests, and a skip must never be silent.
     let _ = writeln!(
         std::io::stderr(),
-        "\n!!! SKIPPED {test}: {why}. Set {REDIS_URL_VAR}=redis://127.0.0.1:6379 to run it. !!!\n"
+        "\n!!! SKIPPED {test}: {why}. {hint} !!!\n"
     );
     None
 }
