@@ -42,10 +42,8 @@ const CREATE_VERSIONS: &str = "CREATE TABLE IF NOT EXISTS sofiia_schema (
 pub(crate) async fn migrate(client: &mut Object, schema: &Schema) -> Result<u32, Error> {
     let known = schema.latest();
     // Fast path: an up-to-date store takes no lock.
-    if let Some(found) = version(client, schema.store).await? {
-        if found == known {
-            return Ok(known);
-        }
+    if version(client, schema.store).await? == Some(known) {
+        return Ok(known);
     }
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
