@@ -1,4 +1,5 @@
 //! Schema migrations on a real PostgreSQL (`SOFIIA_TEST_POSTGRES_URL`).
+#![allow(clippy::unwrap_used)]
 
 use sofiia_postgres_support::{Error, PoolOptions, PostgresPool, Schema};
 use sofiia_testkit::PostgresTestDatabase;
