@@ -10,8 +10,10 @@
 //! An append returns only once the event is durable, so a caller can refuse
 //! to answer an action it could not record.
 //!
-//! Backends: [`SqliteAuditStore`] (feature `sqlite`, on by default) and
-//! [`MemoryAuditStore`]. Both pass the behavioural suite in [`testing`].
+//! Backends: [`SqliteAuditStore`] (feature `sqlite`, on by default: one
+//! file), [`PostgresAuditStore`] (feature `postgres`: one trail shared by
+//! every instance on a database) and [`MemoryAuditStore`]. All pass the
+//! behavioural suite in [`testing`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -169,6 +171,8 @@
 //!
 //! - `sqlite` (default): [`SqliteAuditStore`], [`SqliteOptions`] and their
 //!   companions;
+//! - `postgres`: [`PostgresAuditStore`], [`PostgresOptions`], and the
+//!   [`PostgresPool`] it runs on;
 //! - `testing`: the [`testing`] module and [`audit_store_tests!`]; it brings
 //!   in tokio's multi-threaded runtime.
 //!
@@ -177,6 +181,10 @@
 #![cfg_attr(
     not(feature = "sqlite"),
     doc = "[`SqliteAuditStore`]: #features\n[`SqliteOptions`]: #features"
+)]
+#![cfg_attr(
+    not(feature = "postgres"),
+    doc = "[`PostgresAuditStore`]: #features\n[`PostgresOptions`]: #features\n[`PostgresPool`]: #features"
 )]
 #![cfg_attr(
     not(any(test, feature = "testing")),
@@ -192,6 +200,8 @@ use sofiia_core_domain::{Cursor, Page, PageLimit, Timestamp};
 
 mod canonical;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(any(test, feature = "testing"))]
@@ -199,10 +209,14 @@ pub mod testing;
 
 pub use crate::canonical::{GENESIS_HASH, canonical_form, compute_hash};
 pub use crate::memory::MemoryAuditStore;
+#[cfg(feature = "postgres")]
+pub use crate::postgres::{PostgresAuditStore, PostgresOptions};
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::{
     Checkpoint, GroupCommitStats, SqliteAuditStore, SqliteOptions, VACUUM_STEP_PAGES, Vacuumed,
 };
+#[cfg(feature = "postgres")]
+pub use sofiia_postgres_support::{PoolOptions, PostgresPool};
 #[cfg(feature = "sqlite")]
 pub use sofiia_sqlite_support::{Database, DatabaseOptions};
 
@@ -346,6 +360,11 @@ pub enum BreakReason {
     /// recomputed: it was edited outside this crate, or the storage is
     /// corrupt.
     Unreadable,
+    /// The chain ends before the newest event the store recorded: events at
+    /// its end were deleted. The id is that newest event's. (Only stores
+    /// that record their newest event apart from the events themselves can
+    /// tell; the PostgreSQL store does.)
+    Missing,
 }
 
 /// What can go wrong in an audit store.

@@ -99,6 +99,9 @@ impl PoolOptions {
 /// A pool of connections to one PostgreSQL database, shared by every store
 /// that holds a clone.
 ///
+/// Every session runs with `synchronous_commit = on` (unless the URL's
+/// `options` set it), so a committed transaction is durable on the server.
+///
 /// Opening is lazy: [`PostgresPool::open`] checks the URL only, and the
 /// first call connects; a connection that broke (the server restarted, a
 /// proxy cut it) is dropped when it is next taken from the pool, so a
@@ -136,6 +139,12 @@ impl PostgresPool {
             });
         }
         config.connect_timeout(options.connect_timeout);
+        // A commit returns once it is on the server's disk, whatever the
+        // server's default, unless the URL's own options say otherwise.
+        let session = config.get_options().unwrap_or_default().to_owned();
+        if !session.contains("synchronous_commit") {
+            config.options(format!("{session} -c synchronous_commit=on").trim_start());
+        }
         if config.get_application_name().is_none() {
             config.application_name("sofiia-console");
         }
