@@ -39,6 +39,8 @@
 #                      the others' cursors)
 #   redis              the Redis of the redis backends answers PING
 #                      (SKIP when no backend uses Redis)
+#   postgres           the PostgreSQL of the postgres backends accepts a
+#                      session to its database (SKIP when none uses it)
 #   node NAME          GET {url}/v1/health answers, like the console's own
 #                      readiness probe (any HTTP status counts); the built-in
 #                      echo node is a WARN (`nodes`): not for production
@@ -239,10 +241,11 @@ fi
 
 # --- backends -----------------------------------------------------------------
 chat_backend="${cfg_chat_index_backend:-}"
+audit_backend="${cfg_audit_backend:-sqlite}"
 idem_backend="${cfg_idempotency_backend:-}"
 rl_backend="${cfg_rate_limit_backend:-}"
 fail_mode="${cfg_rate_limit_fail_mode:-}"
-backends="chat index $chat_backend, idempotency $idem_backend, rate limit $rl_backend (fail mode $fail_mode)"
+backends="audit $audit_backend, chat index $chat_backend, idempotency $idem_backend, rate limit $rl_backend (fail mode $fail_mode)"
 if [ "$chat_backend" = inmemory ]; then
   report WARN backends "$backends: an in-memory chat index loses every chat on restart"
 else
@@ -252,8 +255,8 @@ fi
 # --- cursor-secret ------------------------------------------------------------
 if [ "${cfg_cursor_keys_source:-generated}" = SOFIIA_CURSOR_SECRET ]; then
   report PASS cursor-secret "${cfg_cursor_keys_count:-1} key(s) from SOFIIA_CURSOR_SECRET"
-elif [ "$chat_backend" = redis ]; then
-  report WARN cursor-secret "SOFIIA_CURSOR_SECRET is unset while the chat index is shared in Redis: each instance signs cursors with its own generated key and refuses the others' (400); set the same SOFIIA_CURSOR_SECRET on every instance"
+elif [ "$chat_backend" = redis ] || [ "$chat_backend" = postgres ]; then
+  report WARN cursor-secret "SOFIIA_CURSOR_SECRET is unset while the chat index is shared ($chat_backend): each instance signs cursors with its own generated key and refuses the others' (400); set the same SOFIIA_CURSOR_SECRET on every instance"
 else
   report PASS cursor-secret "generated into $data_dir/cursor-secret (one instance)"
 fi
@@ -276,6 +279,24 @@ else
     report PASS redis "$shown_url answers PING ($users)"
   else
     report FAIL redis "$shown_url does not answer PING ($users): $answer"
+  fi
+fi
+
+# --- postgres -----------------------------------------------------------------
+postgres_users=()
+[ "$audit_backend" = postgres ] && postgres_users+=("audit trail")
+[ "$chat_backend" = postgres ] && postgres_users+=("chat index")
+if [ "${#postgres_users[@]}" -eq 0 ]; then
+  report SKIP postgres "no backend uses PostgreSQL"
+else
+  users="$(printf '%s, ' "${postgres_users[@]}")"
+  users="${users%, }"
+  shown_url="${cfg_postgres_url:-}"
+  postgres_url="$(opsutil setting SOFIIA_POSTGRES_URL "$config_file")" || postgres_url="postgres://127.0.0.1:5432/sofiia"
+  if answer="$(opsutil probe-postgres "$postgres_url" "$probe_timeout")"; then
+    report PASS postgres "$shown_url: $answer ($users)"
+  else
+    report FAIL postgres "$shown_url: $answer ($users)"
   fi
 fi
 
@@ -359,7 +380,7 @@ done
 
 # --- audit-verify -------------------------------------------------------------
 audit_file="$data_dir/${cfg_sqlite_files_audit:-sofiia.db}"
-if [ ! -f "$audit_file" ]; then
+if [ "$audit_backend" != postgres ] && [ ! -f "$audit_file" ]; then
   report WARN audit-verify "no audit trail at $audit_file yet, nothing to verify: expected only on a first deployment"
 else
   console audit-verify >"$work/verify.out" 2>"$work/verify.err"

@@ -7,6 +7,7 @@
     python3 ops/lib/opsutil.py setting NAME [CONFIG_FILE]
     python3 ops/lib/opsutil.py probe-http URL [TIMEOUT_SECS]
     python3 ops/lib/opsutil.py probe-redis URL [TIMEOUT_SECS]
+    python3 ops/lib/opsutil.py probe-postgres URL [TIMEOUT_SECS]
     python3 ops/lib/opsutil.py sqlite-check FILE [integrity_check|quick_check]
     python3 ops/lib/opsutil.py audit-anchor FILE
     python3 ops/lib/opsutil.py redact-url URL
@@ -28,6 +29,7 @@ import shutil
 import socket
 import sqlite3
 import ssl
+import struct
 import subprocess
 import sys
 import urllib.parse
@@ -277,6 +279,62 @@ def probe_redis(url: str, timeout: float) -> None:
         fail(f"answered {reply.lstrip('-+')!r} instead of PONG")
 
 
+def probe_postgres(url: str, timeout: float) -> None:
+    """Opens a PostgreSQL session's startup as the console would (user and
+    database from the URL, else PGUSER/USER) and reports what the server
+    answers: that it asks for credentials or accepts the session, or the
+    error it refuses it with (an unknown database, say). No password is
+    sent."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 5432
+    user = urllib.parse.unquote(parts.username or "") or os.environ.get("PGUSER") or os.environ.get("USER") or "postgres"
+    database = urllib.parse.unquote(parts.path.lstrip("/")) or user
+    body = struct.pack("!i", 196608)
+    for key, value in (("user", user), ("database", database)):
+        body += key.encode() + b"\0" + value.encode() + b"\0"
+    body += b"\0"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(struct.pack("!i", len(body) + 4) + body)
+            # Messages until the server asks for credentials, is ready for
+            # queries, or refuses.
+            while True:
+                kind, payload = pg_message(sock)
+                if kind == b"R" and struct.unpack("!i", payload[:4])[0] != 0:
+                    print("asks for credentials")
+                    return
+                if kind == b"Z":
+                    print("session accepted")
+                    return
+                if kind == b"E":
+                    fields = {f[:1]: f[1:].decode(errors="replace") for f in payload.split(b"\0") if f}
+                    fail(f"refused the session: {fields.get(b'M', 'an error')}")
+                if kind not in (b"R", b"S", b"K", b"N"):
+                    fail(f"answered {kind!r}, not as PostgreSQL does")
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - every failure is a result
+        fail(describe_error(e, host, timeout))
+
+
+def pg_message(sock: socket.socket) -> tuple:
+    head = recv_exactly(sock, 5)
+    length = struct.unpack("!i", head[1:])[0]
+    return head[:1], recv_exactly(sock, length - 4)
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        data += chunk
+    return data
+
+
 # --- SQLite ---------------------------------------------------------------
 
 
@@ -448,6 +506,8 @@ def main() -> None:
             probe_http(args[0], float(args[1]) if len(args) > 1 else 2.0)
         elif cmd == "probe-redis" and len(args) in (1, 2):
             probe_redis(args[0], float(args[1]) if len(args) > 1 else 2.0)
+        elif cmd == "probe-postgres" and len(args) in (1, 2):
+            probe_postgres(args[0], float(args[1]) if len(args) > 1 else 2.0)
         elif cmd == "sqlite-check" and len(args) in (1, 2):
             sqlite_check(*args)
         elif cmd == "audit-anchor" and len(args) == 1:

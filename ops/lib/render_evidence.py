@@ -297,7 +297,9 @@ def main() -> int:
             ("operators", f"{', '.join(tokens.get('operators', []))} (from {tokens.get('source')})"),
             ("audit keys", f"{keys.get('count')} configured"),
             ("audit retention", f"{config.get('audit_retention_days')} days"),
+            ("audit backend", config.get("audit_backend")),
             ("chat index backend", config.get("chat_index_backend")),
+            ("PostgreSQL", config.get("postgres_url") or "not used"),
             ("idempotency backend", f"{config.get('idempotency_backend')} (replayed for {config.get('idempotency_ttl_secs')} s)"),
             ("rate-limit backend", f"{config.get('rate_limit_backend')} (chat {config.get('rate_limit_chat')}, operator {config.get('rate_limit_operator')}, fail mode {config.get('rate_limit_fail_mode')})"),
             ("Redis", f"{config.get('redis_url')} (prefix `{config.get('redis_prefix')}`)" if config.get("redis_url") else "not used"),
@@ -311,9 +313,11 @@ def main() -> int:
         risks = []
         chat_backend = config.get("chat_index_backend")
         if chat_backend == "sqlite":
-            risks.append("The chat index is a SQLite file on this host: no multi-instance HA for the chat index (`SOFIIA_CHAT_INDEX_BACKEND=redis` removes this).")
+            risks.append("The chat index is a SQLite file on this host: no multi-instance HA for the chat index (`SOFIIA_CHAT_INDEX_BACKEND=postgres` removes this).")
         elif chat_backend == "redis":
-            risks.append("The chat index is in Redis: its durability is Redis's (AOF with `appendfsync everysec` or stricter, `maxmemory-policy noeviction`); on Redis Cluster the whole index lives in one slot.")
+            risks.append("The chat index is in Redis: its durability is Redis's (AOF with `appendfsync everysec` or stricter, `maxmemory-policy noeviction`); `SOFIIA_CHAT_INDEX_BACKEND=postgres` commits each exchange durably.")
+        elif chat_backend == "postgres":
+            risks.append("The chat index is in PostgreSQL, shared by every instance: its availability is that database's (replicate it and back it up).")
         else:
             risks.append("The chat index is in memory: every chat is lost on restart.")
         idem = config.get("idempotency_backend")
@@ -325,8 +329,11 @@ def main() -> int:
             risks.append("Rate limits are per instance (`inmemory`): multi-instance consistency needs `SOFIIA_RATE_LIMIT_BACKEND=redis`.")
         elif config.get("rate_limit_fail_mode") == "open":
             risks.append("Rate-limit fail mode is `open`: while Redis is down, sends are not limited.")
-        audit_file = (config.get("sqlite_files") or {}).get("audit") or "sofiia.db"
-        risks.append(f"The audit trail is SQLite on one host (not clustered): back up `{audit_file}` and keep the anchor hash below off the host.")
+        if config.get("audit_backend") == "postgres":
+            risks.append("The audit trail is in PostgreSQL, one chain shared by every instance: back the database up, and keep the newest hash below off the host (someone who can rewrite the whole table can forge a chain that verifies).")
+        else:
+            audit_file = (config.get("sqlite_files") or {}).get("audit") or "sofiia.db"
+            risks.append(f"The audit trail is SQLite on one host (not clustered; `SOFIIA_AUDIT_BACKEND=postgres` shares one trail across instances): back up `{audit_file}` and keep the anchor hash below off the host.")
         rules = find(preflight_lines, "alert-rules")
         if rules and rules[0] == "PASS":
             risks.append(f"Alert rules validated by the preflight: {rules[1]}.")

@@ -57,6 +57,29 @@ pub enum ChatIndexBackend {
     /// Redis (`SOFIIA_REDIS_URL`, under `SOFIIA_REDIS_PREFIX`): one index
     /// shared by every instance on it.
     Redis,
+    /// PostgreSQL (`SOFIIA_POSTGRES_URL`): one index shared by every
+    /// instance on the database.
+    Postgres,
+}
+
+/// Which audit store keeps the trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditBackend {
+    /// A SQLite file in the data dir (the default): one trail per instance.
+    Sqlite,
+    /// PostgreSQL (`SOFIIA_POSTGRES_URL`): one trail shared by every
+    /// instance on the database.
+    Postgres,
+}
+
+impl AuditBackend {
+    /// The value of `SOFIIA_AUDIT_BACKEND` that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditBackend::Sqlite => "sqlite",
+            AuditBackend::Postgres => "postgres",
+        }
+    }
 }
 
 /// Where idempotency keys or rate-limit buckets live.
@@ -75,6 +98,7 @@ impl ChatIndexBackend {
             ChatIndexBackend::Sqlite => "sqlite",
             ChatIndexBackend::InMemory => "inmemory",
             ChatIndexBackend::Redis => "redis",
+            ChatIndexBackend::Postgres => "postgres",
         }
     }
 }
@@ -128,6 +152,10 @@ pub struct Settings {
     pub operator_tokens: Option<OperatorTokens>,
     /// `SOFIIA_CHAT_INDEX_BACKEND`.
     pub chat_index_backend: ChatIndexBackend,
+    /// `SOFIIA_AUDIT_BACKEND`.
+    pub audit_backend: AuditBackend,
+    /// `SOFIIA_POSTGRES_URL`: the database of every postgres backend.
+    pub postgres_url: String,
     /// `SOFIIA_REDIS_URL`: the Redis of every redis backend.
     pub redis_url: String,
     /// `SOFIIA_REDIS_PREFIX`: the prefix of every key the console writes,
@@ -193,6 +221,8 @@ const KNOWN: &[&str] = &[
     "SOFIIA_INFER_TIMEOUT_MS",
     "SOFIIA_OPERATOR_TOKENS",
     "SOFIIA_CHAT_INDEX_BACKEND",
+    "SOFIIA_AUDIT_BACKEND",
+    "SOFIIA_POSTGRES_URL",
     "SOFIIA_REDIS_URL",
     "SOFIIA_REDIS_PREFIX",
     "SOFIIA_IDEMPOTENCY_BACKEND",
@@ -341,13 +371,38 @@ impl Settings {
             None | Some("sqlite") => ChatIndexBackend::Sqlite,
             Some("redis") => ChatIndexBackend::Redis,
             Some("inmemory") => ChatIndexBackend::InMemory,
+            Some("postgres") => ChatIndexBackend::Postgres,
             Some(_) => {
                 return Err(invalid(
                     "SOFIIA_CHAT_INDEX_BACKEND",
-                    "must be `sqlite`, `redis` or `inmemory`",
+                    "must be `sqlite`, `postgres`, `redis` or `inmemory`",
                 ));
             }
         };
+
+        let audit_backend = match get("SOFIIA_AUDIT_BACKEND") {
+            None | Some("sqlite") => AuditBackend::Sqlite,
+            Some("postgres") => AuditBackend::Postgres,
+            Some(_) => {
+                return Err(invalid(
+                    "SOFIIA_AUDIT_BACKEND",
+                    "must be `sqlite` or `postgres`",
+                ));
+            }
+        };
+
+        let postgres_url = get("SOFIIA_POSTGRES_URL")
+            .unwrap_or("postgres://127.0.0.1:5432/sofiia")
+            .to_owned();
+        if let Err(e) = sofiia_postgres_support::parse_url(&postgres_url) {
+            return Err(invalid(
+                "SOFIIA_POSTGRES_URL",
+                format!(
+                    "is not a PostgreSQL URL such as postgres://user@127.0.0.1:5432/sofiia ({})",
+                    error_chain(&e)
+                ),
+            ));
+        }
 
         let redis_url = get("SOFIIA_REDIS_URL")
             .unwrap_or("redis://127.0.0.1:6379")
@@ -522,6 +577,8 @@ impl Settings {
             infer_timeout,
             operator_tokens,
             chat_index_backend,
+            audit_backend,
+            postgres_url,
             redis_url,
             redis_prefix,
             idempotency_backend,
@@ -548,6 +605,12 @@ impl Settings {
 }
 
 impl Settings {
+    /// Whether any backend uses PostgreSQL.
+    pub fn uses_postgres(&self) -> bool {
+        self.audit_backend == AuditBackend::Postgres
+            || self.chat_index_backend == ChatIndexBackend::Postgres
+    }
+
     /// Whether any backend uses Redis.
     pub fn uses_redis(&self) -> bool {
         self.idempotency_backend == IdempotencyBackend::Redis
@@ -673,7 +736,31 @@ mod tests {
         assert_eq!(s.rate_limit_fail_mode, RateLimitFailMode::Closed);
         assert!(s.audit_keys.is_empty());
         assert_eq!(s.audit_retention_days, 90);
+        assert_eq!(s.audit_backend, AuditBackend::Sqlite);
+        assert_eq!(s.postgres_url, "postgres://127.0.0.1:5432/sofiia");
         assert!(!s.uses_redis());
+        assert!(!s.uses_postgres());
+    }
+
+    #[test]
+    fn postgres_backends_share_one_url() {
+        let s = Settings::from_vars(&vars(&[
+            ("SOFIIA_AUDIT_BACKEND", "postgres"),
+            ("SOFIIA_CHAT_INDEX_BACKEND", "postgres"),
+            (
+                "SOFIIA_POSTGRES_URL",
+                "postgres://sofiia:pw@db:6432/console",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(s.audit_backend, AuditBackend::Postgres);
+        assert_eq!(s.chat_index_backend, ChatIndexBackend::Postgres);
+        assert_eq!(s.postgres_url, "postgres://sofiia:pw@db:6432/console");
+        assert!(s.uses_postgres());
+        assert!(s.unknown_variables.is_empty());
+        let only_audit =
+            Settings::from_vars(&vars(&[("SOFIIA_AUDIT_BACKEND", "postgres")])).unwrap();
+        assert!(only_audit.uses_postgres());
     }
 
     #[test]
@@ -714,6 +801,10 @@ mod tests {
         );
         assert_eq!(error_variable(&[("SOFIIA_WORKERS", "0")]), "SOFIIA_WORKERS");
         for (var, bad) in [
+            ("SOFIIA_AUDIT_BACKEND", "Postgres"),
+            ("SOFIIA_AUDIT_BACKEND", "redis"),
+            ("SOFIIA_POSTGRES_URL", "postgres://db:notaport/x"),
+            ("SOFIIA_POSTGRES_URL", "postgres:///nohost"),
             ("SOFIIA_REDIS_URL", "localhost:6379"),
             ("SOFIIA_REDIS_PREFIX", ""),
             ("SOFIIA_IDEMPOTENCY_BACKEND", "memory"),
@@ -762,7 +853,15 @@ mod tests {
         assert_eq!(s.redis_url, "redis://10.0.0.5:6380/2");
         assert_eq!(s.redis_prefix, "prod:");
         assert_eq!(s.idempotency_backend, IdempotencyBackend::Sqlite);
-        for bad in ["Redis", "REDIS", "redis ", "", "postgres", "memory"] {
+        for bad in [
+            "Redis",
+            "REDIS",
+            "redis ",
+            "",
+            "Postgres",
+            "postgresql",
+            "memory",
+        ] {
             match Settings::from_vars(&vars(&[("SOFIIA_CHAT_INDEX_BACKEND", bad)])) {
                 Err(ConfigError::Invalid { variable, reason }) => {
                     assert_eq!(variable, "SOFIIA_CHAT_INDEX_BACKEND", "{bad:?}");

@@ -11,29 +11,34 @@ use actix_web::{App, HttpServer, web};
 use std::time::Duration;
 
 use slog::{Logger, error, info, warn};
-use sofiia_audit_store::{DynAuditStore, SqliteAuditStore};
-use sofiia_chat_index::{DynChatIndexStore, MemoryChatIndex, RedisChatIndex, SqliteChatIndex};
+use sofiia_audit_store::{DynAuditStore, PostgresAuditStore, PostgresOptions, SqliteAuditStore};
+use sofiia_chat_index::{
+    DynChatIndexStore, MemoryChatIndex, PostgresChatIndex, RedisChatIndex, SqliteChatIndex,
+};
 use sofiia_core_domain::{CursorKeys, DynClock, SystemClock, error_chain};
 use sofiia_idempotency::{
     DynIdempotencyStore, Idempotency, MemoryIdempotencyStore, RedisIdempotencyStore,
     SqliteIdempotencyStore,
 };
+use sofiia_postgres_support::{PoolOptions, PostgresPool};
 use sofiia_ratelimit::{DynRateLimiter, MemoryRateLimiter, RedisRateLimiter};
 use sofiia_router_client::{DynNodeRouter, EchoRouter, HttpRouter, Instrumented};
 use sofiia_sqlite_support::{Database, DatabaseOptions, Durability};
 
 use crate::auditor::Auditor;
 use crate::build_info::{GIT_SHA, VERSION};
-use crate::config::{ChatIndexBackend, IdempotencyBackend, Settings, SharedBackend};
+use crate::config::{AuditBackend, ChatIndexBackend, IdempotencyBackend, Settings, SharedBackend};
 use crate::credentials::{OperatorTokens, dev_tokens, generated_cursor_keys};
 use crate::denials::Denials;
 use crate::health::{Backends, Probed, Readiness};
 use crate::middleware::request_middleware;
 use crate::request::RequestMeta;
 use crate::routes;
-use crate::send::{Quotas, SendParts, Sender};
+use crate::send::{Quotas, RemoteStores, SendParts, Sender};
 use crate::state::AppState;
 use crate::telemetry::metrics_handle;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why the console could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,15 @@ pub enum StartError {
     /// The Redis connection could not be set up.
     #[error("redis: {0}")]
     Redis(String),
+    /// The PostgreSQL pool could not be set up.
+    #[error("postgres at {server}: {source}")]
+    Postgres {
+        /// The server and database, without credentials.
+        server: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
     /// The node router could not be built.
     #[error("nodes: {0}")]
     Router(#[from] sofiia_router_client::ConfigError),
@@ -184,8 +198,35 @@ pub async fn open_stores(
             .ok_or_else(|| StartError::Redis(format!("the redis {what} needs a redis connection")))
     };
 
+    // One pool for every PostgreSQL backend; opening a store migrates its
+    // tables, so PostgreSQL must answer at start.
+    let postgres = if settings.uses_postgres() {
+        let pool =
+            PostgresPool::open(&settings.postgres_url, PoolOptions::default()).map_err(|e| {
+                StartError::Postgres {
+                    server: sofiia_postgres_support::server_of(&settings.postgres_url),
+                    source: Box::new(e),
+                }
+            })?;
+        info!(logger, "postgres backends enabled"; "server" => pool.server());
+        Some(pool)
+    } else {
+        None
+    };
+    let postgres_for = |what: &str| {
+        postgres.clone().ok_or_else(|| StartError::Postgres {
+            server: sofiia_postgres_support::server_of(&settings.postgres_url),
+            source: format!("the postgres {what} needs a pool").into(),
+        })
+    };
+    let postgres_error = |pool: &PostgresPool, e: BoxError| StartError::Postgres {
+        server: pool.server().to_owned(),
+        source: e,
+    };
+
     let mut files = SqliteFiles::new(&settings.data_dir);
-    let one_sqlite_file = settings.chat_index_backend == ChatIndexBackend::Sqlite
+    let one_sqlite_file = settings.audit_backend == AuditBackend::Sqlite
+        && settings.chat_index_backend == ChatIndexBackend::Sqlite
         && settings.idempotency_backend == IdempotencyBackend::Sqlite
         && [CHAT_INDEX_DB, IDEMPOTENCY_DB].iter().all(|own| {
             sqlite_file(&settings.data_dir, own) == sqlite_file(&settings.data_dir, AUDIT_DB)
@@ -215,6 +256,15 @@ pub async fn open_stores(
         ChatIndexBackend::InMemory => {
             warn!(logger, "chat index: inmemory; chats are lost on restart");
             Arc::new(MemoryChatIndex::new())
+        }
+        ChatIndexBackend::Postgres => {
+            let pool = postgres_for("chat index")?;
+            info!(logger, "chat index: postgres; shared by every instance on it"; "server" => pool.server());
+            Arc::new(
+                PostgresChatIndex::open(pool.clone())
+                    .await
+                    .map_err(|e| postgres_error(&pool, Box::new(e)))?,
+            )
         }
     };
 
@@ -275,17 +325,33 @@ pub async fn open_stores(
         }
     };
 
-    let audit_db = files.open(AUDIT_DB).await?;
-    info!(logger, "audit store: sqlite"; "path" => audit_db.path().display().to_string());
-    // The console owns its audit file: a file made before incremental
-    // vacuum is converted here, once, before anyone is served.
-    let audit: Arc<DynAuditStore> = Arc::new(
-        SqliteAuditStore::in_database(
-            &audit_db,
-            sofiia_audit_store::SqliteOptions::default().with_vacuum_conversion(true),
-        )
-        .await?,
-    );
+    let audit: Arc<DynAuditStore> = match settings.audit_backend {
+        AuditBackend::Sqlite => {
+            let audit_db = files.open(AUDIT_DB).await?;
+            info!(logger, "audit store: sqlite"; "path" => audit_db.path().display().to_string());
+            // The console owns its audit file: a file made before incremental
+            // vacuum is converted here, once, before anyone is served.
+            Arc::new(
+                SqliteAuditStore::in_database(
+                    &audit_db,
+                    sofiia_audit_store::SqliteOptions::default().with_vacuum_conversion(true),
+                )
+                .await?,
+            )
+        }
+        AuditBackend::Postgres => {
+            let pool = postgres_for("audit store")?;
+            info!(logger, "audit store: postgres; one trail shared by every instance on it"; "server" => pool.server());
+            Arc::new(
+                PostgresAuditStore::open_with(
+                    pool.clone(),
+                    PostgresOptions::default().with_clock(clock.clone()),
+                )
+                .await
+                .map_err(|e| postgres_error(&pool, Box::new(e)))?,
+            )
+        }
+    };
     if settings.audit_keys.is_empty() {
         warn!(
             logger,
@@ -340,6 +406,13 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
         clock: stores.clock.clone(),
         logger: logger.clone(),
         store_timeout: settings.store_timeout,
+        check_before_node: RemoteStores {
+            chat_index: matches!(
+                settings.chat_index_backend,
+                ChatIndexBackend::Redis | ChatIndexBackend::Postgres
+            ),
+            audit: settings.audit_backend == AuditBackend::Postgres,
+        },
         events_made_durable_by_key: stores.one_sqlite_file,
     });
 
@@ -364,7 +437,7 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
             chat_index: settings.chat_index_backend.as_str(),
             idempotency: settings.idempotency_backend.as_str(),
             rate_limiter: settings.rate_limit_backend.as_str(),
-            audit: "sqlite",
+            audit: settings.audit_backend.as_str(),
         },
     }));
 

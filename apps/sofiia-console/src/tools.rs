@@ -6,13 +6,15 @@ use std::fmt;
 use std::io::Write;
 use std::time::Duration;
 
-use sofiia_audit_store::{AuditStore, NewEvent, Outcome, SqliteAuditStore, Vacuumed, Verification};
+use sofiia_audit_store::{
+    DynAuditStore, NewEvent, Outcome, PostgresAuditStore, SqliteAuditStore, Vacuumed, Verification,
+};
 use sofiia_chat_index::{ChatIndexStore, DynChatIndexStore, RedisChatIndex, SqliteChatIndex};
 use sofiia_core_domain::{
     Chat, ChatId, Clock, Message, PageLimit, PageRequest, SystemClock, Timestamp,
 };
 
-use crate::config::Settings;
+use crate::config::{AuditBackend, Settings};
 use crate::server::{AUDIT_DB, CHAT_INDEX_DB, IDEMPOTENCY_DB, sqlite_file};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -78,6 +80,50 @@ impl fmt::Display for PruneReport {
     }
 }
 
+/// The audit store `settings` name, opened for an offline command.
+#[derive(Debug)]
+pub enum AuditTrail {
+    /// The SQLite file in the data dir.
+    Sqlite(SqliteAuditStore),
+    /// The trail in PostgreSQL.
+    Postgres(PostgresAuditStore),
+}
+
+impl AuditTrail {
+    /// Opens the trail of `settings`. A SQLite trail must exist already
+    /// (an offline command never creates an empty one).
+    ///
+    /// # Errors
+    ///
+    /// The store's error.
+    pub async fn open(settings: &Settings) -> Result<Self, BoxError> {
+        match settings.audit_backend {
+            AuditBackend::Sqlite => {
+                let path = sqlite_file(&settings.data_dir, AUDIT_DB);
+                if !path.exists() {
+                    return Err(format!("no audit store at {}", path.display()).into());
+                }
+                Ok(Self::Sqlite(SqliteAuditStore::open(&path).await?))
+            }
+            AuditBackend::Postgres => {
+                let pool = sofiia_postgres_support::PostgresPool::open(
+                    &settings.postgres_url,
+                    sofiia_postgres_support::PoolOptions::default().with_max_connections(2),
+                )?;
+                Ok(Self::Postgres(PostgresAuditStore::open(pool).await?))
+            }
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &DynAuditStore {
+        match self {
+            Self::Sqlite(store) => store,
+            Self::Postgres(store) => store,
+        }
+    }
+}
+
 /// Prunes the audit store of `settings` and records the run as an
 /// `audit.prune` event.
 ///
@@ -88,20 +134,21 @@ pub async fn prune_audit(
     settings: &Settings,
     options: &PruneOptions,
 ) -> Result<PruneReport, BoxError> {
-    let store = SqliteAuditStore::open(sqlite_file(&settings.data_dir, AUDIT_DB)).await?;
-    prune_with(&store, &SystemClock, options).await
+    let trail = AuditTrail::open(settings).await?;
+    prune_with(&trail, &SystemClock, options).await
 }
 
-/// [`prune_audit`] on a given store and clock.
+/// [`prune_audit`] on a given trail and clock.
 ///
 /// # Errors
 ///
 /// The store's error.
 pub async fn prune_with(
-    store: &SqliteAuditStore,
+    trail: &AuditTrail,
     clock: &dyn Clock,
     options: &PruneOptions,
 ) -> Result<PruneReport, BoxError> {
+    let store = trail.store();
     let cutoff = clock.now().saturating_sub(Duration::from_secs(
         u64::from(options.retention_days) * 86_400,
     ));
@@ -126,9 +173,12 @@ pub async fn prune_with(
         }
         // Neither step holds the write lock for long: the checkpoint is
         // passive, the vacuum incremental (see `SqliteAuditStore::vacuum`).
-        store.checkpoint().await?;
-        if options.vacuum {
-            report.vacuumed = Some(store.vacuum(options.pause).await?);
+        // PostgreSQL's autovacuum reclaims what a prune freed by itself.
+        if let AuditTrail::Sqlite(store) = trail {
+            store.checkpoint().await?;
+            if options.vacuum {
+                report.vacuumed = Some(store.vacuum(options.pause).await?);
+            }
         }
     }
     let mut details = serde_json::Map::new();
@@ -165,12 +215,8 @@ pub async fn prune_with(
 ///
 /// The store's error (a broken chain is not an error).
 pub async fn audit_verify(settings: &Settings) -> Result<(bool, String), BoxError> {
-    let path = sqlite_file(&settings.data_dir, AUDIT_DB);
-    if !path.exists() {
-        return Err(format!("no audit store at {}", path.display()).into());
-    }
-    let store = SqliteAuditStore::open(&path).await?;
-    Ok(match store.verify().await? {
+    let trail = AuditTrail::open(settings).await?;
+    Ok(match trail.store().verify().await? {
         Verification::Intact { events } => (
             true,
             format!("audit chain intact: {events} events verified"),
@@ -644,6 +690,7 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
         "client_request_timeout_ms": settings.client_request_timeout.as_millis() as u64,
         "keep_alive_secs": settings.keep_alive.as_secs(),
         "max_connections": settings.max_connections,
+        "audit_backend": settings.audit_backend.as_str(),
         "chat_index_backend": settings.chat_index_backend.as_str(),
         "idempotency_backend": settings.idempotency_backend.as_str(),
         "idempotency_ttl_secs": settings.idempotency_ttl.as_secs(),
@@ -657,6 +704,7 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
             RateLimitFailMode::Closed => "closed",
             RateLimitFailMode::Open => "open",
         },
+        "postgres_url": settings.uses_postgres().then(|| redact_url(&settings.postgres_url)),
         "redis_url": settings.uses_redis().then(|| redact_url(&settings.redis_url)),
         "redis_prefix": settings.redis_prefix,
         "unknown_variables": settings.unknown_variables,
@@ -673,7 +721,8 @@ fn sqlite_files(settings: &Settings) -> serde_json::Value {
             .map(|n| n.to_string_lossy().into_owned())
     };
     serde_json::json!({
-        "audit": name(AUDIT_DB),
+        "audit": (settings.audit_backend == crate::config::AuditBackend::Sqlite)
+            .then(|| name(AUDIT_DB)),
         "chat_index": (settings.chat_index_backend == crate::config::ChatIndexBackend::Sqlite)
             .then(|| name(CHAT_INDEX_DB)),
         "idempotency": (settings.idempotency_backend == crate::config::IdempotencyBackend::Sqlite)

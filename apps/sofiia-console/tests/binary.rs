@@ -27,7 +27,9 @@ fn a_bad_setting_stops_the_process_naming_the_variable() {
         ("SOFIIA_BIND", "not-an-address"),
         ("SOFIIA_INFER_TIMEOUT_MS", "soon"),
         ("SOFIIA_NODES", "NODA1=ftp://x"),
-        ("SOFIIA_CHAT_INDEX_BACKEND", "postgres"),
+        ("SOFIIA_CHAT_INDEX_BACKEND", "postgresql"),
+        ("SOFIIA_AUDIT_BACKEND", "mysql"),
+        ("SOFIIA_POSTGRES_URL", "postgres:///no-host"),
         ("SOFIIA_OPERATOR_TOKENS", "alice"),
         // Shorter than the slowest send: a stop would cut sends.
         ("SOFIIA_SHUTDOWN_TIMEOUT_SECS", "30"),

@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sofiia_router_stub::StubHandle;
-use sofiia_testkit::RedisTestContext;
+use sofiia_testkit::{PostgresTestDatabase, RedisTestContext};
 use tempfile::TempDir;
 
 mod common;
@@ -323,4 +323,232 @@ async fn concurrent_same_key_sends_across_both_reach_the_node_once() {
         let (_, chat) = instance.get("/api/chats/raced").await;
         assert_eq!(chat["message_count"], 2);
     }
+}
+
+// ---------------------------------------------------------------------------
+// The recommended shape: the audit trail and the chat index on PostgreSQL,
+// idempotency keys and quotas on Redis.
+
+/// The variables that put the audit trail and the chat index on `db`.
+fn on_postgres<'a>(
+    db: &'a PostgresTestDatabase,
+    more: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut vars = vec![
+        ("SOFIIA_AUDIT_BACKEND", "postgres"),
+        ("SOFIIA_CHAT_INDEX_BACKEND", "postgres"),
+        ("SOFIIA_POSTGRES_URL", db.url.as_str()),
+    ];
+    vars.extend_from_slice(more);
+    vars
+}
+
+impl Instance {
+    /// Every audit event, walking `/api/audit` pages newest first.
+    async fn audit(&self, query: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{}/api/audit?limit=200{query}", self.base);
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let res = self
+                .client
+                .get(url)
+                .header("x-audit-key", AUDIT_KEY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let page: Value = res.json().await.unwrap();
+            events.extend(page["items"].as_array().unwrap().iter().cloned());
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+            if cursor.is_none() {
+                return events;
+            }
+        }
+    }
+}
+
+/// `sofiia-console audit-verify` on the trail in `db`: its exit code and output.
+fn audit_verify(db: &PostgresTestDatabase) -> (i32, String) {
+    let out = clean_command()
+        .arg("audit-verify")
+        .env("SOFIIA_AUDIT_BACKEND", "postgres")
+        .env("SOFIIA_POSTGRES_URL", &db.url)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_two_instances_keep_one_trail_one_index_and_one_node_call_per_key() {
+    let test = "on_postgres_two_instances_keep_one_trail";
+    let Some(redis) = RedisTestContext::new(test).await else {
+        return;
+    };
+    let Some(db) = PostgresTestDatabase::new(test).await else {
+        return;
+    };
+    let node = stub("NODA1").await;
+    let vars = on_postgres(
+        &db,
+        &[
+            ("SOFIIA_RATE_LIMIT_CHAT", "100000/min"),
+            ("SOFIIA_RATE_LIMIT_OPERATOR", "100000/min"),
+        ],
+    );
+    let a = Instance::start(&redis, &node, &vars);
+    let b = Instance::start(&redis, &node, &vars);
+    for instance in [&a, &b] {
+        let (status, ready) = instance.get("/api/ready").await;
+        assert_eq!(status, StatusCode::OK, "{ready}");
+        assert_eq!(ready["checks"]["audit"]["backend"], "postgres", "{ready}");
+        assert_eq!(
+            ready["checks"]["chat_index"]["backend"], "postgres",
+            "{ready}"
+        );
+    }
+
+    // 100 sends of one key, through both at once: one node call.
+    let same_key = join_all((0..100).map(|i| {
+        let via = if i % 2 == 0 { &a } else { &b };
+        via.send("one-key-chat", "the-one-key-0001", "once")
+    }))
+    .await;
+    let mut first = None;
+    for (status, _, body) in &same_key {
+        match *status {
+            StatusCode::OK => {
+                let body: Value = serde_json::from_str(body).unwrap();
+                let reply = body["reply"]["id"].clone();
+                assert_eq!(first.get_or_insert(reply.clone()), &reply, "one answer");
+            }
+            // Still waiting for its node, or its node answered and the
+            // exchange is being stored: retry later, nothing was run again.
+            StatusCode::CONFLICT => {}
+            StatusCode::SERVICE_UNAVAILABLE if body.contains("send-not-stored-yet") => {}
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(first.is_some(), "at least one send was answered 200");
+    assert_eq!(node.call_count(), 1, "one key, one node call");
+
+    // 1 000 sends through both, 100 at a time, to 10 chats.
+    for wave in 0..10 {
+        let answers = join_all((0..100).map(|i| {
+            let n = wave * 100 + i;
+            let via = if n % 2 == 0 { &a } else { &b };
+            let chat = format!("pg-chat-{}", n % 10);
+            async move {
+                via.send(&chat, &format!("pg-send-{n:05}"), &format!("m{n}"))
+                    .await
+            }
+        }))
+        .await;
+        for (status, _, body) in answers {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    assert_eq!(node.call_count(), 1001);
+
+    // One index: the chats' counts as both see them.
+    for chat in 0..10 {
+        let (_, via_a) = a.get(&format!("/api/chats/pg-chat-{chat}")).await;
+        let (_, via_b) = b.get(&format!("/api/chats/pg-chat-{chat}")).await;
+        assert_eq!(via_a, via_b);
+        assert_eq!(via_a["message_count"], 200, "{via_a}");
+    }
+
+    // One trail: every send, in one chain, whichever instance is asked.
+    let trail = a.audit("").await;
+    let mut ids: Vec<u64> = trail.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), trail.len(), "no event twice");
+    for pair in trail.windows(2) {
+        // Newest first: each event chains from the one after it.
+        assert_eq!(
+            pair[0]["prev_hash"], pair[1]["hash"],
+            "{} follows {}",
+            pair[0]["id"], pair[1]["id"]
+        );
+    }
+    for instance in [&a, &b] {
+        let sends = instance.audit("&action=chat.send").await;
+        assert_eq!(sends.len(), 1001);
+    }
+    let (code, out) = audit_verify(&db);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact"), "{out}");
+
+    // A tampered row is found, and named.
+    let forged = &trail[trail.len() / 2];
+    let pool = sofiia_postgres_support::PostgresPool::open(&db.url, Default::default()).unwrap();
+    let client = pool.get().await.unwrap();
+    let id = i64::try_from(forged["id"].as_u64().unwrap()).unwrap();
+    client
+        .execute(
+            "UPDATE audit_events SET target = 'forged' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (code, out) = audit_verify(&db);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains(&format!("BROKEN at event {id}")), "{out}");
+    // And a deleted one: the event after it no longer chains.
+    client
+        .execute(
+            "UPDATE audit_events SET target = $2 WHERE id = $1",
+            &[&id, &forged["target"].as_str().unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(audit_verify(&db).0, 0);
+    client
+        .execute("DELETE FROM audit_events WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let (code, out) = audit_verify(&db);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("PrevHashMismatch"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_chat_quota_holds_across_both_instances() {
+    let test = "on_postgres_a_chat_quota_holds";
+    let Some(redis) = RedisTestContext::new(test).await else {
+        return;
+    };
+    let Some(db) = PostgresTestDatabase::new(test).await else {
+        return;
+    };
+    let node = stub("NODA1").await;
+    let vars = on_postgres(&db, &[("SOFIIA_RATE_LIMIT_CHAT", "6/min")]);
+    let a = Instance::start(&redis, &node, &vars);
+    let b = Instance::start(&redis, &node, &vars);
+    let answers = join_all((0..12).map(|i| {
+        let via = if i % 2 == 0 { &a } else { &b };
+        async move {
+            via.send("quota-chat", &format!("quota-key-{i:04}"), "hi")
+                .await
+        }
+    }))
+    .await;
+    let ok = answers
+        .iter()
+        .filter(|(s, ..)| *s == StatusCode::OK)
+        .count();
+    let limited = answers
+        .iter()
+        .filter(|(s, ..)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((ok, limited), (6, 6), "{answers:?}");
+    assert_eq!(node.call_count(), 6);
 }

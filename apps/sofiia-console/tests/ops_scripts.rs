@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 
 use common::process::{BIN, ConsoleProcess, clean_command};
 use sofiia_router_stub::StubHandle;
-use sofiia_testkit::{RedisServer, RedisTestContext};
+use sofiia_testkit::{PostgresTestDatabase, RedisServer, RedisTestContext};
 use tempfile::TempDir;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -289,7 +289,7 @@ async fn strict_preflight_passes_for_a_production_like_console() {
         "PASS unknown-variables: none",
         "PASS operator-tokens: operators alice, bob; shortest token ",
         "PASS audit-keys: 1 key(s); shortest ",
-        "PASS backends: chat index sqlite, idempotency redis, rate limit redis (fail mode closed)",
+        "PASS backends: audit sqlite, chat index sqlite, idempotency redis, rate limit redis (fail mode closed)",
         "PASS node NODA1: http://127.0.0.1:",
         "PASS node NODA2: http://127.0.0.1:",
         "PASS data-dir: ",
@@ -311,6 +311,62 @@ async fn strict_preflight_passes_for_a_production_like_console() {
     );
     out.assert_no_secret(&deployment);
     drop(console);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_preflight_passes_with_the_trail_and_the_index_on_postgres() {
+    let test = "strict_preflight_passes_on_postgres";
+    let Some(redis) = RedisTestContext::new(test).await else {
+        return;
+    };
+    let Some(db) = PostgresTestDatabase::new(test).await else {
+        return;
+    };
+    let mut deployment = Deployment::new(&redis.url, &redis.prefix).await;
+    deployment.set("SOFIIA_AUDIT_BACKEND", "postgres");
+    deployment.set("SOFIIA_CHAT_INDEX_BACKEND", "postgres");
+    deployment.set("SOFIIA_POSTGRES_URL", &db.url);
+    // Instances sharing a chat index share the key that signs its cursors.
+    deployment.set("SOFIIA_CURSOR_SECRET", &secret("cursor"));
+    let console = deployment.start_console();
+    let smoke = run(deployment
+        .script("smoke.sh", &[console.base.as_str()])
+        .env("SOFIIA_SMOKE_TOKEN", &deployment.token)
+        .env("SOFIIA_SMOKE_AUDIT_KEY", &deployment.audit_key)
+        .env("SOFIIA_SMOKE_REDIS", "0"));
+    assert_eq!(smoke.code, 0, "{smoke}");
+
+    let out = run(deployment
+        .script("preflight_sofiia_console.sh", &[])
+        .env("STRICT", "1"));
+    assert_strict_pass(&out);
+    let shown = format!("postgres://***@127.0.0.1:5432/{}", db.name);
+    for prefix in [
+        "PASS backends: audit postgres, chat index postgres, idempotency redis, rate limit redis (fail mode closed)".to_owned(),
+        format!("PASS postgres: {shown}: session accepted (audit trail, chat index)"),
+        "PASS audit-verify: audit chain intact: ".to_owned(),
+    ] {
+        assert!(line_starting(&out, &prefix), "no line {prefix}...\n{out}");
+    }
+    out.assert_no_secret(&deployment);
+    drop(console);
+
+    // A database that does not exist is named.
+    let missing = format!("{}_missing", db.name);
+    deployment.set("SOFIIA_POSTGRES_URL", &db.url.replace(&db.name, &missing));
+    let out = run(deployment
+        .script("preflight_sofiia_console.sh", &[])
+        .env("STRICT", "1"));
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        has_line(
+            &out,
+            &format!(
+                "FAIL postgres: postgres://***@127.0.0.1:5432/{missing}: refused the session: database \"{missing}\" does not exist (audit trail, chat index)"
+            )
+        ),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

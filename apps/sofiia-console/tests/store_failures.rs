@@ -141,3 +141,89 @@ async fn a_chat_index_that_stays_down_is_503_and_keeps_the_reply_for_the_retry()
     );
     console.stop().await;
 }
+
+/// PostgreSQL (the audit trail and the chat index) made unreachable in the
+/// middle of a run, by cutting the only way to it: sends are refused with
+/// 503 and `Retry-After` and reach no node, and once the way is back the
+/// console serves again by itself, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cut_mid_run_is_503_without_a_node_call_then_recovers() {
+    let Some(db) = sofiia_testkit::PostgresTestDatabase::new("postgres_cut_mid_run").await else {
+        return;
+    };
+    let node = stub("NODA1").await;
+    let proxy = common::proxy::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    // The test database, through the proxy.
+    let config = sofiia_postgres_support::parse_url(&db.url).unwrap();
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    let url = format!(
+        "postgres://{user}@127.0.0.1:{}/{}",
+        proxy.addr.port(),
+        db.name
+    );
+    let console = ConsoleBuilder::new()
+        .nodes(&[&node])
+        .var("SOFIIA_AUDIT_BACKEND", "postgres")
+        .var("SOFIIA_CHAT_INDEX_BACKEND", "postgres")
+        .var("SOFIIA_POSTGRES_URL", &url)
+        .start()
+        .await;
+    assert_eq!(
+        console
+            .send_text("pg-cut", "before-cut-001", "hi")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(node.call_count(), 1);
+
+    proxy.cut();
+    for i in 0..3 {
+        let answer = console
+            .send_text("pg-cut", &format!("during-cut-{i:03}"), "hi")
+            .await;
+        answer.problem(503);
+        assert!(answer.header("retry-after").is_some(), "{}", answer.text);
+    }
+    assert_eq!(node.call_count(), 1, "nothing reached the node");
+    // Readiness is probed in the background, at most once a second.
+    let cut_at = std::time::Instant::now();
+    loop {
+        let ready = console.get("/api/ready", ALICE).await;
+        if ready.status == 503 {
+            assert_eq!(
+                ready.json()["checks"]["audit"]["status"],
+                "error",
+                "{}",
+                ready.text
+            );
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < std::time::Duration::from_secs(5),
+            "{}",
+            ready.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    proxy.heal();
+    let healed = std::time::Instant::now();
+    let recovered = loop {
+        let answer = console.send_text("pg-cut", "after-heal-001", "hi").await;
+        if answer.status == 200 {
+            break healed.elapsed();
+        }
+        assert_eq!(answer.status, 503, "{}", answer.text);
+        assert!(
+            healed.elapsed() < std::time::Duration::from_secs(5),
+            "not serving 5 s after PostgreSQL came back: {}",
+            answer.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(node.call_count(), 2, "recovered after {recovered:?}");
+    let messages = console.walk("/api/chats/pg-cut/messages", 50).await;
+    assert_eq!(messages.len(), 4);
+    console.stop().await;
+}

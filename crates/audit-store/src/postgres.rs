@@ -316,7 +316,9 @@ impl AuditStore for PostgresAuditStore {
             .iter()
             .take_while(|row| row.get::<_, i64>(1) < cutoff_ms)
             .collect();
-        let take = older.len().min(usize::try_from(batch).unwrap_or(usize::MAX));
+        let take = older
+            .len()
+            .min(usize::try_from(batch).unwrap_or(usize::MAX));
         let more = older.len() > take;
         let last: Option<(i64, String)> = take
             .checked_sub(1)

@@ -1,19 +1,26 @@
 //! One page (limit 50) of one chat's messages, read from the top and from
 //! deep in the list through a cursor (90% of the way down), on SQLite and
-//! on Redis, for a chat of 10 000 and of 1 000 000 messages. A keyset page
-//! should cost the same at any depth, and grow only with log(n).
+//! on Redis, for a chat of 10 000 and of 1 000 000 messages, and on
+//! PostgreSQL, for a chat of 1 000 and of 100 000. A keyset page should
+//! cost the same at any depth, and grow only with log(n).
 //!
 //! ```text
 //! SOFIIA_TEST_REDIS_URL=redis://127.0.0.1:6379 \
+//! SOFIIA_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //!     cargo bench -p sofiia-chat-index --all-features --bench page
 //! ```
 //!
 //! `SOFIIA_BENCH_CHAT_SIZES=10000` (a comma-separated list) runs other
-//! sizes, for a quick run. The datasets are built before the timed part,
-//! with `ChatIndexStore::import_chat` in large batches (one transaction,
-//! or one script, each). The Redis part runs against `SOFIIA_TEST_REDIS_URL`
-//! under a random prefix whose keys are deleted afterwards, and is skipped,
-//! with a note, when the variable is unset.
+//! sizes on SQLite and Redis, for a quick run;
+//! `SOFIIA_BENCH_POSTGRES_SIZES` does the same on PostgreSQL (add
+//! `1000000` for the large chat, whose import takes a minute or more). The
+//! datasets are built before the timed part, with
+//! `ChatIndexStore::import_chat` in large batches (one transaction, or one
+//! script, each). The Redis part runs against `SOFIIA_TEST_REDIS_URL`
+//! under a random prefix whose keys are deleted afterwards; the PostgreSQL
+//! part (feature `postgres`) in a database of its own on
+//! `SOFIIA_TEST_POSTGRES_URL`, dropped afterwards. Each is skipped, with a
+//! note, when its variable is unset.
 #![allow(missing_docs, clippy::print_stderr, clippy::unwrap_used)]
 
 use std::hint::black_box;
@@ -28,6 +35,8 @@ use sofiia_core_domain::{
 
 const SIZES_VAR: &str = "SOFIIA_BENCH_CHAT_SIZES";
 const DEFAULT_SIZES: [usize; 2] = [10_000, 1_000_000];
+const POSTGRES_SIZES_VAR: &str = "SOFIIA_BENCH_POSTGRES_SIZES";
+const DEFAULT_POSTGRES_SIZES: [usize; 2] = [1_000, 100_000];
 /// Messages generated and imported at once.
 const CHUNK: usize = 10_000;
 /// Messages that share one millisecond, so that ties are broken by id.
@@ -35,16 +44,21 @@ const PER_MS: usize = 10;
 const START_MS: i64 = 1_767_225_600_000;
 
 fn sizes() -> Vec<usize> {
-    match std::env::var(SIZES_VAR) {
+    sizes_from(SIZES_VAR, &DEFAULT_SIZES)
+}
+
+/// The comma-separated sizes in `var`, or `default`.
+fn sizes_from(var: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => v
             .split(',')
             .map(|s| {
                 s.trim()
                     .parse()
-                    .unwrap_or_else(|_| panic!("{SIZES_VAR}: {s:?} is not a number"))
+                    .unwrap_or_else(|_| panic!("{var}: {s:?} is not a number"))
             })
             .collect(),
-        _ => DEFAULT_SIZES.to_vec(),
+        _ => default.to_vec(),
     }
 }
 
@@ -167,6 +181,59 @@ fn pages(c: &mut Criterion) {
             bench_redis(c, &rt, n);
         }
     }
+    if std::env::var(sofiia_testkit::POSTGRES_URL_VAR).is_ok_and(|v| !v.is_empty()) {
+        for n in sizes_from(POSTGRES_SIZES_VAR, &DEFAULT_POSTGRES_SIZES) {
+            bench_postgres(c, &rt, n);
+        }
+    } else {
+        eprintln!(
+            "note: the postgres benches are skipped: set {}=postgres://postgres@127.0.0.1:5432/postgres to run them",
+            sofiia_testkit::POSTGRES_URL_VAR
+        );
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn bench_postgres(c: &mut Criterion, rt: &tokio::runtime::Runtime, n: usize) {
+    use sofiia_chat_index::{PoolOptions, PostgresChatIndex};
+
+    // The database is dropped with `db`, after the store.
+    let db = rt
+        .block_on(sofiia_testkit::PostgresTestDatabase::new("bench page"))
+        .expect("PostgreSQL answers");
+    let store = rt
+        .block_on(PostgresChatIndex::connect(&db.url, PoolOptions::default()))
+        .unwrap();
+    let deep = rt.block_on(fill(&store, n, CHUNK));
+    let bytes = rt.block_on(async {
+        let client = store.pool().get().await.unwrap();
+        // Statistics, as autovacuum would gather them on a live database.
+        client
+            .batch_execute("ANALYZE chat_index_chats, chat_index_messages")
+            .await
+            .unwrap();
+        let row = client
+            .query_one(
+                "SELECT pg_total_relation_size('chat_index_messages')::bigint",
+                &[],
+            )
+            .await
+            .unwrap();
+        u64::try_from(row.get::<_, i64>(0)).unwrap()
+    });
+    eprintln!(
+        "note: postgres table and indexes for {n} messages: {:.1} MB, {} bytes per message",
+        bytes as f64 / 1e6,
+        bytes / u64::try_from(n).unwrap()
+    );
+    bench_pages(c, rt, "postgres", n, &store, &deep);
+    rt.block_on(async move { drop(store) });
+    drop(db);
+}
+
+#[cfg(not(feature = "postgres"))]
+fn bench_postgres(_: &mut Criterion, _: &tokio::runtime::Runtime, _: usize) {
+    eprintln!("note: the postgres benches are skipped: build with --features postgres to run them");
 }
 
 #[cfg(feature = "redis")]

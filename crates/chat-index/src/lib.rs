@@ -13,7 +13,11 @@
 //! - [`RedisChatIndex`] (feature `redis`, on by default): one index in
 //!   Redis shared by any number of console instances, so that they behave
 //!   as one console (data layout, complexity, Cluster notes and failure
-//!   modes on its page).
+//!   modes on its page);
+//! - [`PostgresChatIndex`] (feature `postgres`): one index in a PostgreSQL
+//!   database shared by any number of console instances, in tables of its
+//!   own beside other stores' (schema, concurrency and failure modes on its
+//!   page).
 //!
 //! [`ChatIndexStore::import_chat`] copies a chat and its messages from one
 //! store to another, batch by batch, idempotently: a migration (such as
@@ -51,6 +55,8 @@
 //!
 //! - `sqlite` (default): [`SqliteChatIndex`] and [`SqliteOptions`];
 //! - `redis` (default): [`RedisChatIndex`], on a `deadpool-redis` pool;
+//! - `postgres`: [`PostgresChatIndex`], on a [`PostgresPool`]
+//!   (`deadpool-postgres`, `tokio-postgres`) that other stores may share;
 //! - `testing`: the [`testing`] module and [`chat_index_store_tests!`]; it
 //!   brings in tokio's multi-threaded runtime.
 //!
@@ -61,6 +67,10 @@
     doc = "[`SqliteChatIndex`]: #features\n[`SqliteOptions`]: #features"
 )]
 #![cfg_attr(not(feature = "redis"), doc = "[`RedisChatIndex`]: #features")]
+#![cfg_attr(
+    not(feature = "postgres"),
+    doc = "[`PostgresChatIndex`]: #features\n[`PostgresPool`]: #features"
+)]
 #![cfg_attr(
     not(any(test, feature = "testing")),
     doc = "[`testing`]: #features\n[`chat_index_store_tests!`]: #features"
@@ -75,6 +85,8 @@ use sofiia_core_domain::{Chat, ChatId, Exchange, Message, NewChat, Page, PageReq
 mod exchange;
 mod import;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "sqlite")]
@@ -83,10 +95,16 @@ mod sqlite;
 pub mod testing;
 
 pub use crate::memory::MemoryChatIndex;
+#[cfg(feature = "postgres")]
+pub use crate::postgres::PostgresChatIndex;
 #[cfg(feature = "redis")]
 pub use crate::redis::RedisChatIndex;
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::{SqliteChatIndex, SqliteOptions};
+#[cfg(feature = "postgres")]
+/// The shared PostgreSQL pool the PostgreSQL backend is built on, and how
+/// it is sized.
+pub use sofiia_postgres_support::{PoolOptions, PostgresPool};
 #[cfg(feature = "redis")]
 /// The shared Redis connection the Redis backend is built on.
 pub use sofiia_redis_support::RedisConnection;

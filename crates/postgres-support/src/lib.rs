@@ -222,6 +222,44 @@ impl PostgresPool {
     }
 }
 
+/// The connection settings of `url`, as [`PostgresPool::open`] uses them:
+/// as libpq does, a URL without a user or password takes them from
+/// `PGUSER` (else `USER`) and `PGPASSWORD`.
+///
+/// # Errors
+///
+/// [`Error::Config`] when `url` does not parse or names no host.
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, Error> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| Error::Config { source: e.into() })?;
+    if config.get_hosts().is_empty() {
+        return Err(Error::Config {
+            source: "the URL names no host".into(),
+        });
+    }
+    if config.get_user().is_none() {
+        let user = ["PGUSER", "USER"]
+            .iter()
+            .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "postgres".to_owned());
+        config.user(user);
+    }
+    if config.get_password().is_none()
+        && let Ok(password) = std::env::var("PGPASSWORD")
+    {
+        config.password(password);
+    }
+    Ok(config)
+}
+
+/// The server and database `url` names, without credentials
+/// (`host:port/db`), for logs and reports; `url` itself when it does not
+/// parse.
+pub fn server_of(url: &str) -> String {
+    parse_url(url).map_or_else(|_| "(an invalid URL)".to_owned(), |c| describe(&c))
+}
+
 fn describe(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(host)) => host.clone(),

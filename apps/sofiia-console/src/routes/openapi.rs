@@ -66,6 +66,7 @@ fn errors(operation: &str) -> &'static [u16] {
         "listChats" | "readAudit" => &[400, 401, 429, 503],
         "getChat" | "listMessages" => &[400, 401, 404, 429, 503],
         "sendMessage" => &[400, 401, 409, 413, 415, 422, 429, 502, 503, 504],
+        "getReady" => &[503],
         _ => &[],
     }
 }

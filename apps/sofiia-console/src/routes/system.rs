@@ -1,12 +1,14 @@
 //! Health, readiness, metrics and the API's own description: no
 //! authentication.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::build_info::{GIT_SHA, VERSION};
+use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// The process serves.
@@ -24,8 +26,9 @@ pub(crate) struct Health {
 /// Whether every store answers, with each store's and each node's probe.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Ready {
-    /// `ready` (200) or `not_ready` (503).
-    #[schema(pattern = "^(ready|not_ready)$")]
+    /// `ready`. (A console that is not ready answers 503 with a problem
+    /// document of type `not-ready` carrying the same `checks` and `nodes`.)
+    #[schema(pattern = "^ready$")]
     status: &'static str,
     /// Per store (`chat_index`, `idempotency`, `rate_limiter`, `audit`):
     /// `{"status": "ok"|"error", "backend": "sqlite"|"inmemory"|"redis", "error"?}`.
@@ -63,21 +66,33 @@ pub(super) async fn health() -> HttpResponse {
     tag = "system",
     responses(
         (status = 200, description = "Every store answers.", body = Ready),
-        (status = 503, description = "A store does not answer.", body = Ready),
     ),
 )]
-pub(super) async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let health = state.readiness.current().await;
-    let body = Ready {
-        status: if health.ready { "ready" } else { "not_ready" },
-        checks: health.checks,
-        nodes: health.nodes,
-    };
     if health.ready {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
+        return Ok(HttpResponse::Ok().json(Ready {
+            status: "ready",
+            checks: health.checks,
+            nodes: health.nodes,
+        }));
     }
+    // A problem document like every error, with the per-backend detail.
+    let failing: Vec<&str> = health
+        .checks
+        .iter()
+        .filter(|(_, check)| check["status"] != "ok")
+        .map(|(name, _)| name.as_str())
+        .collect();
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not-ready",
+        "Not ready",
+        format!("not answering: {}", failing.join(", ")),
+    )
+    .with_retry_after(std::time::Duration::from_secs(1))
+    .with_extension("checks", Value::Object(health.checks))
+    .with_extension("nodes", Value::Object(health.nodes)))
 }
 
 /// Prometheus metrics, in the text format.

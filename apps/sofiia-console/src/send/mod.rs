@@ -16,6 +16,10 @@
 //! 2. **Validate**: choose the node (the send's, else the chat's, else the
 //!    default); an unknown node is 400. A chat's node never changes, so
 //!    the chats this process has seen are remembered and not read again.
+//!    The stores the send writes after the node answers and that live on
+//!    another server (a PostgreSQL or Redis chat index, a PostgreSQL audit
+//!    trail) are asked whether they answer, at the same time: one that does
+//!    not is 503, and nothing reaches a node.
 //! 3. **Charge** the chat's and the operator's quotas, all or nothing: 429,
 //!    or 503 when the limiter is unreachable (unless it fails open).
 //! 4. **Infer** on the node, with a node-side key derived from the operator
@@ -151,6 +155,8 @@ pub enum Store {
     RateLimiter,
     /// The chat index.
     ChatIndex,
+    /// The audit trail.
+    AuditTrail,
 }
 
 impl Store {
@@ -160,6 +166,7 @@ impl Store {
             Store::Idempotency => "idempotency store",
             Store::RateLimiter => "rate limiter",
             Store::ChatIndex => "chat index",
+            Store::AuditTrail => "audit trail",
         }
     }
 }
@@ -280,10 +287,23 @@ pub struct SendParts {
     pub logger: Logger,
     /// The deadline of each store call, and of each storing attempt.
     pub store_timeout: Duration,
+    /// Which stores written after the node answers live on another server,
+    /// and are checked before the node is called.
+    pub check_before_node: RemoteStores,
     /// Whether a send's audit event may be answered once committed rather
     /// than on disk, because the completed key, written after it, takes it
     /// to disk (see `Stores::one_sqlite_file`).
     pub events_made_durable_by_key: bool,
+}
+
+/// The stores a send writes after its node answered that live on another
+/// server (see [`SendParts::check_before_node`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteStores {
+    /// The chat index.
+    pub chat_index: bool,
+    /// The audit trail.
+    pub audit: bool,
 }
 
 /// Delays between storing attempts after the node answered; the last one
@@ -532,18 +552,8 @@ impl Sender {
     /// chat.
     async fn validate(&self, req: &SendRequest) -> Result<(NodeId, bool), SendError> {
         let parts = self.parts();
-        let chat_node = match self.inner.chats.node(&req.chat_id) {
-            Some(node) => Some(node),
-            None => {
-                let chat = self
-                    .within(Store::ChatIndex, parts.chat_index.get_chat(&req.chat_id))
-                    .await?;
-                if let Some(chat) = &chat {
-                    self.inner.chats.remember(&chat.id, &chat.node);
-                }
-                chat.map(|c| c.node)
-            }
-        };
+        let (chat_node, ()) =
+            futures_util::try_join!(self.chat_node(req), self.check_remote_stores())?;
         let chat_created = chat_node.is_none();
         let node = req
             .node
@@ -554,6 +564,46 @@ impl Sender {
             return Err(SendError::UnknownNode { node });
         }
         Ok((node, chat_created))
+    }
+
+    /// Step 2: the chat's node, if the chat exists.
+    async fn chat_node(&self, req: &SendRequest) -> Result<Option<NodeId>, SendError> {
+        if let Some(node) = self.inner.chats.node(&req.chat_id) {
+            return Ok(Some(node));
+        }
+        let chat = self
+            .within(
+                Store::ChatIndex,
+                self.parts().chat_index.get_chat(&req.chat_id),
+            )
+            .await?;
+        if let Some(chat) = &chat {
+            self.inner.chats.remember(&chat.id, &chat.node);
+        }
+        Ok(chat.map(|c| c.node))
+    }
+
+    /// Step 2: the stores on other servers that the send writes after the
+    /// node answers still answer, so that an outage is a 503 before the
+    /// node, not a reply kept until the store is back.
+    async fn check_remote_stores(&self) -> Result<(), SendError> {
+        let parts = self.parts();
+        let remote = parts.check_before_node;
+        let chat_index = async {
+            if remote.chat_index {
+                self.within(Store::ChatIndex, parts.chat_index.check())
+                    .await?;
+            }
+            Ok(())
+        };
+        let audit = async {
+            if remote.audit {
+                self.within(Store::AuditTrail, parts.auditor.store().check())
+                    .await?;
+            }
+            Ok(())
+        };
+        futures_util::try_join!(chat_index, audit).map(drop)
     }
 
     /// Step 3: `Some(decision)` when charged, `None` when the limiter is

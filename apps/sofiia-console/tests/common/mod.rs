@@ -5,6 +5,7 @@
 
 pub mod faults;
 pub mod process;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::io::Write;
