@@ -44,11 +44,29 @@ enum Command {
     /// Copy the chat index from one backend to another, then verify that
     /// both hold the same chats and messages; exit 1 on any difference.
     ///
-    /// Reads the SQLite chat index (`$SOFIIA_DATA_DIR/sofiia.db`) and writes to the Redis of
-    /// `SOFIIA_REDIS_URL` under `SOFIIA_REDIS_PREFIX`. Idempotent and
-    /// resumable: run it again after a failure or a kill and it finishes
-    /// the job; run it on a finished migration and it changes nothing.
+    /// Reads the SQLite chat index (`$SOFIIA_DATA_DIR/sofiia.db`) or the Redis
+    /// one (`SOFIIA_REDIS_URL`, `SOFIIA_REDIS_PREFIX`) and writes to Redis or
+    /// to PostgreSQL (`SOFIIA_POSTGRES_URL`). Idempotent and resumable: run
+    /// it again after a failure or a kill and it finishes the job; run it on
+    /// a finished migration and it changes nothing.
     MigrateChatIndex(MigrateArgs),
+    /// Copy the SQLite audit trail into the PostgreSQL one, keeping every
+    /// event's id and hashes, then verify the chain there; exit 1 if it
+    /// does not verify.
+    ///
+    /// The PostgreSQL trail must be empty (or hold this trail already, when
+    /// nothing is done). All or nothing: run it again after a failure.
+    MigrateAudit(MigrateAuditArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MigrateAuditArgs {
+    /// The trail to read: `sqlite` (`$SOFIIA_DATA_DIR/sofiia.db`).
+    #[arg(long, value_parser = ["sqlite"])]
+    from: String,
+    /// The trail to write: `postgres` (`SOFIIA_POSTGRES_URL`).
+    #[arg(long, value_parser = ["postgres"])]
+    to: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,6 +90,8 @@ struct MigrateArgs {
 enum MigrateFrom {
     /// `$SOFIIA_DATA_DIR/sofiia.db`.
     Sqlite,
+    /// `SOFIIA_REDIS_URL`, under `SOFIIA_REDIS_PREFIX`.
+    Redis,
 }
 
 /// Backends `migrate-chat-index` writes.
@@ -79,6 +99,8 @@ enum MigrateFrom {
 enum MigrateTo {
     /// `SOFIIA_REDIS_URL`, under `SOFIIA_REDIS_PREFIX`.
     Redis,
+    /// `SOFIIA_POSTGRES_URL`.
+    Postgres,
 }
 
 #[derive(Debug, clap::Args)]
@@ -121,6 +143,7 @@ fn main() -> ExitCode {
         Command::AuditVerify => run_tool(&logger, audit_verify(&settings)),
         Command::CheckConfig => check_config(&settings),
         Command::MigrateChatIndex(args) => run_tool(&logger, migrate_chat_index(&settings, &args)),
+        Command::MigrateAudit(_) => run_tool(&logger, migrate_audit(&settings)),
     };
     drop(guard);
     code
@@ -211,6 +234,22 @@ async fn prune_audit(settings: &Settings, args: &PruneArgs) -> Result<ExitCode, 
     Ok(ExitCode::SUCCESS)
 }
 
+async fn migrate_audit(settings: &Settings) -> Result<ExitCode, String> {
+    let intact = sofiia_console::tools::migrate_audit(settings, &mut std::io::stdout())
+        .await
+        .map_err(|e| {
+            format!(
+                "migrate-audit stopped: {}; nothing was written, run it again",
+                sofiia_console::problem::error_chain(&*e)
+            )
+        })?;
+    Ok(if intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 async fn audit_verify(settings: &Settings) -> Result<ExitCode, String> {
     let (intact, line) = sofiia_console::tools::audit_verify(settings)
         .await
@@ -227,9 +266,15 @@ async fn audit_verify(settings: &Settings) -> Result<ExitCode, String> {
 }
 
 async fn migrate_chat_index(settings: &Settings, args: &MigrateArgs) -> Result<ExitCode, String> {
-    // One pair today; the flags are explicit so that a later direction
-    // cannot be run by accident.
-    let (MigrateFrom::Sqlite, MigrateTo::Redis) = (args.from, args.to);
+    use sofiia_console::tools::IndexAt;
+    let from = match args.from {
+        MigrateFrom::Sqlite => IndexAt::Sqlite,
+        MigrateFrom::Redis => IndexAt::Redis,
+    };
+    let to = match args.to {
+        MigrateTo::Redis => IndexAt::Redis,
+        MigrateTo::Postgres => IndexAt::Postgres,
+    };
     let options = sofiia_console::tools::MigrateOptions {
         batch_size: sofiia_core_domain::PageLimit::new(args.batch_size)
             .map_err(|e| format!("--batch-size: {e}"))?,
@@ -237,6 +282,7 @@ async fn migrate_chat_index(settings: &Settings, args: &MigrateArgs) -> Result<E
     };
     let report = sofiia_console::tools::migrate_chat_index(
         settings,
+        (from, to),
         &options,
         &mut std::io::stdout(),
     )
@@ -253,8 +299,10 @@ async fn migrate_chat_index(settings: &Settings, args: &MigrateArgs) -> Result<E
         #[allow(clippy::print_stderr)]
         {
             eprintln!(
-                "sofiia-console: migrate-chat-index: verification FAILED: {} difference(s) between sqlite and redis; the first: {}",
+                "sofiia-console: migrate-chat-index: verification FAILED: {} difference(s) between {} and {}; the first: {}",
                 report.difference_count,
+                from.name(),
+                to.name(),
                 report.differences.first().map_or("", String::as_str)
             );
         }

@@ -7,9 +7,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use sofiia_audit_store::{
-    DynAuditStore, NewEvent, Outcome, PostgresAuditStore, SqliteAuditStore, Vacuumed, Verification,
+    AuditStore, DynAuditStore, NewEvent, Outcome, PostgresAuditStore, SqliteAuditStore, Vacuumed,
+    Verification,
 };
-use sofiia_chat_index::{ChatIndexStore, DynChatIndexStore, RedisChatIndex, SqliteChatIndex};
+use sofiia_chat_index::{DynChatIndexStore, PostgresChatIndex, RedisChatIndex, SqliteChatIndex};
 use sofiia_core_domain::{
     Chat, ChatId, Clock, Message, PageLimit, PageRequest, SystemClock, Timestamp,
 };
@@ -228,6 +229,95 @@ pub async fn audit_verify(settings: &Settings) -> Result<(bool, String), BoxErro
     })
 }
 
+/// Copies the SQLite audit trail of `settings` into the PostgreSQL one
+/// (`SOFIIA_POSTGRES_URL`), whatever `SOFIIA_AUDIT_BACKEND` says, keeping
+/// every id and hash, records the copy as an `audit.migrate` event there,
+/// and verifies the chain in PostgreSQL. Returns whether it verified.
+///
+/// A source chain that does not verify is not copied. The target must be
+/// empty, or hold this trail already (then nothing is copied).
+///
+/// # Errors
+///
+/// A missing source, a broken source chain, a target holding other events,
+/// or a store error; the copy is one transaction, so nothing is left
+/// half-written.
+pub async fn migrate_audit(
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<bool, BoxError> {
+    let path = sqlite_file(&settings.data_dir, AUDIT_DB);
+    if !path.exists() {
+        return Err(format!("no SQLite audit trail at {}", path.display()).into());
+    }
+    let source = SqliteAuditStore::open(&path).await?;
+    let events = match source.verify().await? {
+        Verification::Intact { events } => events,
+        Verification::Broken { id, reason } => {
+            return Err(format!(
+                "the SQLite trail does not verify (event {id}: {reason:?}); it is not copied"
+            )
+            .into());
+        }
+    };
+    let pool = sofiia_postgres_support::PostgresPool::open(
+        &settings.postgres_url,
+        sofiia_postgres_support::PoolOptions::default().with_max_connections(2),
+    )?;
+    let place = redact_url(&settings.postgres_url);
+    let target = PostgresAuditStore::open(pool).await?;
+    writeln!(
+        out,
+        "migrate-audit: from sqlite {} ({events} events, chain intact) to postgres {place}",
+        path.display()
+    )?;
+    let imported = target
+        .import_trail(&source, source.anchor().await?.as_ref())
+        .await?;
+    if imported.already_there {
+        writeln!(
+            out,
+            "nothing to do: the PostgreSQL trail holds this trail already"
+        )?;
+    } else {
+        writeln!(out, "copied {} events", imported.events)?;
+        let mut details = serde_json::Map::new();
+        details.insert("from".into(), "sqlite".into());
+        details.insert("events".into(), imported.events.into());
+        target
+            .append(NewEvent {
+                ts: SystemClock.now(),
+                actor: "system".into(),
+                action: "audit.migrate".into(),
+                target: "audit".into(),
+                outcome: Outcome::Ok,
+                status: None,
+                request_id: None,
+                node: None,
+                source_ip: None,
+                user_agent: None,
+                details,
+            })
+            .await?;
+    }
+    Ok(match target.verify().await? {
+        Verification::Intact { events } => {
+            writeln!(
+                out,
+                "verified: the PostgreSQL trail holds {events} events in one intact chain"
+            )?;
+            true
+        }
+        Verification::Broken { id, reason } => {
+            writeln!(
+                out,
+                "verification FAILED: the PostgreSQL chain breaks at event {id}: {reason:?}"
+            )?;
+            false
+        }
+    })
+}
+
 /// What `migrate-chat-index` does.
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
@@ -277,44 +367,109 @@ impl MigrateReport {
 /// does not print millions of lines.
 const MAX_DIFFERENCES: usize = 20;
 
-/// Copies the SQLite chat index of `settings` (in `$SOFIIA_DATA_DIR/sofiia.db`)
-/// into the Redis chat index of `settings` (`SOFIIA_REDIS_URL`,
-/// `SOFIIA_REDIS_PREFIX`), whatever `SOFIIA_CHAT_INDEX_BACKEND` says, then
+/// A chat index `migrate-chat-index` reads or writes, whatever
+/// `SOFIIA_CHAT_INDEX_BACKEND` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexAt {
+    /// The SQLite file in the data dir (`sofiia.db`, or `chat-index.db` of
+    /// an earlier release).
+    Sqlite,
+    /// `SOFIIA_REDIS_URL`, under `SOFIIA_REDIS_PREFIX`.
+    Redis,
+    /// `SOFIIA_POSTGRES_URL`.
+    Postgres,
+}
+
+impl IndexAt {
+    /// How the command line names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexAt::Sqlite => "sqlite",
+            IndexAt::Redis => "redis",
+            IndexAt::Postgres => "postgres",
+        }
+    }
+
+    /// Opens the index, checks that it answers, and says where it is.
+    async fn open(self, settings: &Settings) -> Result<(Box<DynChatIndexStore>, String), BoxError> {
+        let (store, place): (Box<DynChatIndexStore>, String) = match self {
+            IndexAt::Sqlite => {
+                let path = sqlite_file(&settings.data_dir, CHAT_INDEX_DB);
+                if !path.exists() {
+                    return Err(format!("no SQLite chat index at {}", path.display()).into());
+                }
+                let place = path.display().to_string();
+                (Box::new(SqliteChatIndex::open(&path).await?), place)
+            }
+            IndexAt::Redis => {
+                let conn = crate::server::redis_connection(&settings.redis_url)?;
+                let place = format!(
+                    "{} (prefix {})",
+                    redact_url(&settings.redis_url),
+                    settings.redis_prefix
+                );
+                let store = RedisChatIndex::new(conn, settings.redis_prefix.clone());
+                (Box::new(store), place)
+            }
+            IndexAt::Postgres => {
+                let pool = sofiia_postgres_support::PostgresPool::open(
+                    &settings.postgres_url,
+                    sofiia_postgres_support::PoolOptions::default().with_max_connections(2),
+                )?;
+                let place = redact_url(&settings.postgres_url);
+                let store = PostgresChatIndex::open(pool).await.map_err(|e| {
+                    format!(
+                        "{} at {place}: {}",
+                        self.name(),
+                        sofiia_core_domain::error_chain(&e)
+                    )
+                })?;
+                (Box::new(store), place)
+            }
+        };
+        store.check().await.map_err(|e| {
+            format!(
+                "{} at {place}: {}",
+                self.name(),
+                sofiia_core_domain::error_chain(&e)
+            )
+        })?;
+        Ok((store, place))
+    }
+}
+
+/// Copies the chat index `from` into the chat index `to` (both as
+/// `settings` locate them, whatever `SOFIIA_CHAT_INDEX_BACKEND` says), then
 /// verifies the result; see [`migrate_between`].
 ///
 /// # Errors
 ///
-/// A missing source file, a Redis that does not answer, or a store error
-/// (after which running the command again resumes the migration).
+/// The same index on both sides, a missing source file, a store that does
+/// not answer, or a store error (after which running the command again
+/// resumes the migration).
 pub async fn migrate_chat_index(
     settings: &Settings,
+    (from, to): (IndexAt, IndexAt),
     options: &MigrateOptions,
     out: &mut (dyn Write + Send),
 ) -> Result<MigrateReport, BoxError> {
-    let path = sqlite_file(&settings.data_dir, CHAT_INDEX_DB);
-    if !path.exists() {
-        return Err(format!("no SQLite chat index at {}", path.display()).into());
+    if from == to {
+        return Err(format!("--from and --to are both {}", from.name()).into());
     }
-    let source = SqliteChatIndex::open(&path).await?;
-    let conn = crate::server::redis_connection(&settings.redis_url)?;
-    let target = RedisChatIndex::new(conn, settings.redis_prefix.clone());
-    let url = redact_url(&settings.redis_url);
-    target
-        .check()
-        .await
-        .map_err(|e| format!("redis at {url}: {}", sofiia_core_domain::error_chain(&e)))?;
+    let (source, source_at) = from.open(settings).await?;
+    let (target, target_at) = to.open(settings).await?;
     writeln!(
         out,
-        "migrate-chat-index: from sqlite {} to redis {url} (prefix {}){}",
-        path.display(),
-        settings.redis_prefix,
+        "migrate-chat-index: from {} {source_at} to {} {target_at}{}",
+        from.name(),
+        to.name(),
         if options.verify_only {
             "; verify only, nothing is written"
         } else {
             ""
         }
     )?;
-    migrate_between(&source, &target, options, out).await
+    migrate_between(&*source, &*target, options, out).await
 }
 
 /// Copies every chat of `source`, with every message, into `target`, batch

@@ -306,3 +306,96 @@ async fn every_send_answered_200_is_in_the_trail_after_sigkill() {
     let (code, out) = run(console(dir.path()).arg("audit-verify"));
     assert_eq!(code, 0, "the chain survives a crash: {out}");
 }
+
+/// `migrate-audit --from sqlite --to postgres`: the pruned SQLite trail is
+/// copied with its ids and hashes, verifies there (through `audit-verify`
+/// on PostgreSQL too), a rerun does nothing, and a broken source is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_trail_moves_to_postgres_whole_and_once() {
+    let Some(pg) = sofiia_testkit::PostgresTestDatabase::new("the_sqlite_trail_moves").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sofiia.db");
+    {
+        let store = SqliteAuditStore::open(&db).await.unwrap();
+        for n in 0..300 {
+            store.append(event(100 - (n as u64) / 10, n)).await.unwrap();
+        }
+        store.close();
+    }
+    // Pruned first, so the chain starts from an anchor.
+    let (code, out) = run(console(dir.path()).arg("prune-audit"));
+    assert_eq!(code, 0, "{out}");
+    let source = all_events(&db).await;
+    let migrate = || {
+        let mut cmd = console(dir.path());
+        cmd.env("SOFIIA_POSTGRES_URL", &pg.url).args([
+            "migrate-audit",
+            "--from",
+            "sqlite",
+            "--to",
+            "postgres",
+        ]);
+        cmd
+    };
+    let (code, out) = run(&mut migrate());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("copied {} events", source.len())),
+        "{out}"
+    );
+    let total = source.len() + 1; // and its audit.migrate event
+    assert!(
+        out.contains(&format!(
+            "verified: the PostgreSQL trail holds {total} events in one intact chain"
+        )),
+        "{out}"
+    );
+    let (code, out) = run(&mut migrate());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("nothing to do"), "{out}");
+
+    let on_postgres = || {
+        let mut cmd = console(dir.path());
+        cmd.env("SOFIIA_POSTGRES_URL", &pg.url)
+            .env("SOFIIA_AUDIT_BACKEND", "postgres");
+        cmd
+    };
+    let (code, out) = run(on_postgres().arg("audit-verify"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{total} events verified")), "{out}");
+    // Event for event what SQLite held, ids and hashes included.
+    let pool = sofiia_postgres_support::PostgresPool::open(&pg.url, Default::default()).unwrap();
+    let copied = sofiia_audit_store::PostgresAuditStore::open(pool)
+        .await
+        .unwrap();
+    let page = copied
+        .read(&AuditQuery {
+            limit: PageLimit::new(200).unwrap(),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let newest_copied = serde_json::to_value(&page.items[1]).unwrap();
+    assert_eq!(newest_copied, source[0]);
+    assert_eq!(page.items[0].event.action, "audit.migrate");
+
+    // A source that does not verify is not copied.
+    let other = sofiia_testkit::PostgresTestDatabase::new("the_sqlite_trail_moves")
+        .await
+        .unwrap();
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute(
+            "UPDATE events SET actor = 'mallory' WHERE id = (SELECT max(id) FROM events)",
+            [],
+        )
+        .unwrap();
+    }
+    let (code, out) = run(console(dir.path())
+        .env("SOFIIA_POSTGRES_URL", &other.url)
+        .args(["migrate-audit", "--from", "sqlite", "--to", "postgres"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not verify"), "{out}");
+}

@@ -87,8 +87,14 @@ async fn build_source(path: &Path) {
     store.close();
 }
 
-/// A migration run: the binary with a clean `SOFIIA_*` environment.
+/// A migration run from SQLite to Redis: the binary with a clean `SOFIIA_*`
+/// environment.
 fn migrate(data: &Path, redis: &RedisTestContext) -> Command {
+    migrate_between(data, redis, "sqlite", "redis")
+}
+
+/// A migration run `from` one index `to` another.
+fn migrate_between(data: &Path, redis: &RedisTestContext, from: &str, to: &str) -> Command {
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("SOFIIA_") {
@@ -98,7 +104,7 @@ fn migrate(data: &Path, redis: &RedisTestContext) -> Command {
     cmd.env("SOFIIA_DATA_DIR", data)
         .env("SOFIIA_REDIS_URL", &redis.url)
         .env("SOFIIA_REDIS_PREFIX", &redis.prefix)
-        .args(["migrate-chat-index", "--from", "sqlite", "--to", "redis"]);
+        .args(["migrate-chat-index", "--from", from, "--to", to]);
     cmd
 }
 
@@ -470,4 +476,51 @@ fn a_missing_source_or_an_unreachable_redis_stops_with_a_clear_message() {
     let (out, _, stderr) =
         run(Command::new(BIN).args(["migrate-chat-index", "--from", "redis", "--to", "sqlite"]));
     assert_eq!(out.status.code(), Some(2), "{stderr}");
+}
+
+/// SQLite to PostgreSQL, then the same chats from Redis to PostgreSQL (an
+/// index that moved to Redis earlier moves on): each pages identically,
+/// and a rerun imports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_and_redis_indexes_move_to_postgres_and_page_identically() {
+    let test = "indexes_move_to_postgres";
+    let Some(redis) = RedisTestContext::new(test).await else {
+        return;
+    };
+    let Some(pg) = sofiia_testkit::PostgresTestDatabase::new(test).await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let db = data.path().join("sofiia.db");
+    build_source(&db).await;
+    let to_postgres = |from: &str| {
+        let mut cmd = migrate_between(data.path(), &redis, from, "postgres");
+        cmd.env("SOFIIA_POSTGRES_URL", &pg.url);
+        cmd
+    };
+    let (out, stdout, stderr) = run(&mut to_postgres("sqlite"));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(
+            "verified: the target holds the same 6 chats and 10000 messages as the source"
+        ),
+        "{stdout}"
+    );
+    let pool = sofiia_postgres_support::PostgresPool::open(&pg.url, Default::default()).unwrap();
+    let target = sofiia_chat_index::PostgresChatIndex::open(pool)
+        .await
+        .unwrap();
+    let source = SqliteChatIndex::open(&db).await.unwrap();
+    assert_pages_identical(&source, &target).await;
+
+    // The same chats through Redis: all there already.
+    let (out, stdout, stderr) = run(&mut migrate(data.path(), &redis));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (out, stdout, stderr) = run(&mut to_postgres("redis"));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("(0 imported, 10000 already there): nothing to do"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("verified:"), "{stdout}");
 }

@@ -210,7 +210,7 @@ pub mod testing;
 pub use crate::canonical::{GENESIS_HASH, canonical_form, compute_hash};
 pub use crate::memory::MemoryAuditStore;
 #[cfg(feature = "postgres")]
-pub use crate::postgres::{PostgresAuditStore, PostgresOptions};
+pub use crate::postgres::{ImportedTrail, PostgresAuditStore, PostgresOptions};
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::{
     Checkpoint, GroupCommitStats, SqliteAuditStore, SqliteOptions, VACUUM_STEP_PAGES, Vacuumed,

@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use sofiia_core_domain::{DynClock, Page, SystemClock, Timestamp};
+use sofiia_core_domain::{DynClock, Page, PageLimit, SystemClock, Timestamp};
 use sofiia_postgres_support::tokio_postgres::types::ToSql;
 use sofiia_postgres_support::tokio_postgres::{IsolationLevel, Row};
 use sofiia_postgres_support::{PostgresPool, Schema};
@@ -249,6 +249,140 @@ impl PostgresAuditStore {
             .map_err(backend)?;
         row.map(|r| anchor_from(&r)).transpose()
     }
+
+    /// Copies the whole trail of `source` (whose latest prune anchor is
+    /// `anchor`) into this one, which must be empty, keeping every event's
+    /// id, content, `prev_hash` and `hash`: the chain verifies here as it
+    /// did there. One transaction: all of it or nothing. A trail that
+    /// already holds `source`'s newest event, with its hash, was imported
+    /// before, and nothing is done.
+    ///
+    /// Run it while nothing writes to `source`. Trails of several
+    /// instances cannot be merged into one chain (each starts from its own
+    /// genesis): import one, and keep the others as they are.
+    ///
+    /// # Errors
+    ///
+    /// A backend error of either store, or [`AuditError::Backend`] when
+    /// this trail holds other events.
+    pub async fn import_trail(
+        &self,
+        source: &crate::DynAuditStore,
+        anchor: Option<&Anchor>,
+    ) -> Result<ImportedTrail> {
+        let newest = source
+            .read(&AuditQuery {
+                limit: PageLimit::new(1).unwrap_or_default(),
+                ..AuditQuery::default()
+            })
+            .await?
+            .items
+            .into_iter()
+            .next();
+        let mut client = self.pool.get().await.map_err(backend)?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let head = tx.query_one(LOCK_HEAD, &[]).await.map_err(backend)?;
+        let (head_id, head_hash): (i64, String) = (head.get(0), head.get(1));
+        let anchored = tx
+            .query_opt(LATEST_ANCHOR, &[])
+            .await
+            .map_err(backend)?
+            .is_some();
+        if head_id != 0 || anchored {
+            if let Some(newest) = &newest {
+                let id = i64::try_from(newest.id).unwrap_or(i64::MAX);
+                let there = tx
+                    .query_opt("SELECT hash FROM audit_events WHERE id = $1", &[&id])
+                    .await
+                    .map_err(backend)?;
+                if there.is_some_and(|r| r.get::<_, String>(0) == newest.hash) {
+                    return Ok(ImportedTrail {
+                        events: 0,
+                        already_there: true,
+                    });
+                }
+            }
+            return Err(AuditError::Backend {
+                source: format!(
+                    "the PostgreSQL trail already holds other events (its newest is {head_id}, {head_hash}); \
+                     a trail is imported into an empty one only"
+                )
+                .into(),
+            });
+        }
+        if let Some(anchor) = anchor {
+            let id = i64::try_from(anchor.last_deleted_id).unwrap_or(i64::MAX);
+            let deleted = i64::try_from(anchor.deleted).unwrap_or(i64::MAX);
+            tx.execute(
+                INSERT_ANCHOR,
+                &[
+                    &id,
+                    &anchor.hash,
+                    &anchor.pruned_at.as_unix_millis(),
+                    &anchor.cutoff.as_unix_millis(),
+                    &deleted,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        // Newest first, a page at a time, each page one statement.
+        let insert = tx.prepare_cached(INSERT_EVENTS).await.map_err(backend)?;
+        let mut query = AuditQuery {
+            limit: PageLimit::new(u64::from(PageLimit::MAX)).unwrap_or_default(),
+            ..AuditQuery::default()
+        };
+        let mut events = 0_u64;
+        loop {
+            let page = source.read(&query).await?;
+            let rows = page
+                .items
+                .iter()
+                .map(|e| EventRow::new(&e.event))
+                .collect::<Result<Vec<_>>>()?;
+            let mut columns = Columns::with_capacity(rows.len());
+            for (event, row) in page.items.iter().zip(&rows) {
+                let id = i64::try_from(event.id).unwrap_or(i64::MAX);
+                columns.push(id, row, &event.prev_hash, &event.hash);
+            }
+            tx.execute(&insert, &columns.params())
+                .await
+                .map_err(backend)?;
+            events += page.items.len() as u64;
+            match page.items.last() {
+                Some(last) if page.next.is_some() => query.before_id = Some(last.id),
+                _ => break,
+            }
+        }
+        let head = newest
+            .map(|e| (i64::try_from(e.id).unwrap_or(i64::MAX), e.hash))
+            .or_else(|| {
+                anchor.map(|a| {
+                    (
+                        i64::try_from(a.last_deleted_id).unwrap_or(i64::MAX),
+                        a.hash.clone(),
+                    )
+                })
+            });
+        if let Some((id, hash)) = head {
+            tx.execute(SET_HEAD, &[&id, &hash]).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(ImportedTrail {
+            events,
+            already_there: false,
+        })
+    }
+}
+
+/// What [`PostgresAuditStore::import_trail`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportedTrail {
+    /// Events copied.
+    pub events: u64,
+    /// The trail held the source's newest event already: nothing was done.
+    pub already_there: bool,
 }
 
 #[async_trait::async_trait]
@@ -1179,6 +1313,71 @@ mod tests {
             let plan = plan.join("\n");
             assert!(plan.contains(index), "{query:?} is planned as\n{plan}");
             assert!(!plan.contains("Sort"), "{query:?} sorts:\n{plan}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_whole_trail_is_imported_once_and_keeps_verifying() {
+        let Some((_db, store)) = fresh().await else {
+            return;
+        };
+        let fx = Fixture::new();
+        let source = crate::MemoryAuditStore::new();
+        let mut odd = fx.event(1);
+        odd.target = "nul \0 inside".into();
+        source.append(odd).await.unwrap();
+        for i in 0..450 {
+            source.append(fx.event(i)).await.unwrap();
+        }
+        // A pruned source: its chain starts from an anchor.
+        source.prune_batch(fx.at(30), 25).await.unwrap();
+        let anchor = source.anchor().unwrap();
+        assert!(anchor.is_some());
+        let before = everything_in(&source).await;
+
+        let imported = store.import_trail(&source, anchor.as_ref()).await.unwrap();
+        assert_eq!((imported.events, imported.already_there), (426, false));
+        assert_eq!(
+            everything_in(&store).await,
+            before,
+            "ids, content and hashes"
+        );
+        assert_eq!(store.anchor().await.unwrap(), anchor);
+        assert_eq!(
+            store.verify().await.unwrap(),
+            Verification::Intact { events: 426 }
+        );
+        // New events chain on from the imported newest one.
+        let next = store.append(fx.event(999)).await.unwrap();
+        assert_eq!(next.prev_hash, before[0].hash);
+        assert!(next.id > before[0].id);
+
+        // Again: nothing to do. Another trail: refused, nothing changed.
+        let again = store.import_trail(&source, anchor.as_ref()).await.unwrap();
+        assert!(again.already_there);
+        let other = crate::MemoryAuditStore::new();
+        other.append(fx.event(5)).await.unwrap();
+        let err = store.import_trail(&other, None).await.unwrap_err();
+        assert!(matches!(err, AuditError::Backend { .. }), "{err:?}");
+        assert_eq!(
+            store.verify().await.unwrap(),
+            Verification::Intact { events: 427 }
+        );
+    }
+
+    async fn everything_in(store: &dyn AuditStore) -> Vec<AuditEvent> {
+        let mut all = Vec::new();
+        let mut query = AuditQuery {
+            limit: PageLimit::new(200).unwrap(),
+            ..AuditQuery::default()
+        };
+        loop {
+            let page = store.read(&query).await.unwrap();
+            all.extend(page.items.iter().cloned());
+            match page.items.last() {
+                Some(last) if page.next.is_some() => query.before_id = Some(last.id),
+                _ => return all,
+            }
         }
     }
 

@@ -124,20 +124,13 @@ impl fmt::Debug for PostgresPool {
 
 impl PostgresPool {
     /// A pool on the database at `url` (`postgres://user:password@host:port/db?...`,
-    /// or the `key=value` form libpq takes).
+    /// or the `key=value` form libpq takes), read as [`parse_url`] reads it.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when `url` does not parse or names no host.
     pub fn open(url: &str, options: PoolOptions) -> Result<Self, Error> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| Error::Config { source: e.into() })?;
-        if config.get_hosts().is_empty() {
-            return Err(Error::Config {
-                source: "the URL names no host".into(),
-            });
-        }
+        let mut config = parse_url(url)?;
         config.connect_timeout(options.connect_timeout);
         // A commit returns once it is on the server's disk, whatever the
         // server's default, unless the URL's own options say otherwise.
@@ -383,6 +376,18 @@ mod tests {
         });
         assert_eq!(pool.server(), "db.example:6543/sofiia");
         assert!(!format!("{pool:?}").contains("secret"));
+    }
+
+    #[test]
+    fn a_url_without_a_user_takes_one_from_the_environment_as_libpq_does() {
+        let config = parse_url("postgres://127.0.0.1:5432/sofiia").unwrap();
+        let expected = ["PGUSER", "USER"]
+            .iter()
+            .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "postgres".to_owned());
+        assert_eq!(config.get_user(), Some(expected.as_str()));
+        let config = parse_url("postgres://alice@127.0.0.1/sofiia").unwrap();
+        assert_eq!(config.get_user(), Some("alice"));
     }
 
     #[test]

@@ -127,3 +127,36 @@ async fn instances_starting_at_once_migrate_once() {
         assert_eq!(start.await.unwrap().unwrap(), 2);
     }
 }
+
+#[tokio::test]
+async fn sessions_commit_durably_unless_the_url_says_otherwise() {
+    let Some((db, pool)) = pool("sessions_commit_durably").await else {
+        return;
+    };
+    let show = |pool: PostgresPool| async move {
+        let client = pool.get().await.unwrap();
+        let row = client
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .unwrap();
+        row.get::<_, String>(0)
+    };
+    // Even where the database's own default is off.
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET synchronous_commit = off",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let fresh = PostgresPool::open(&db.url, PoolOptions::default()).unwrap();
+    assert_eq!(show(fresh).await, "on");
+    let relaxed = PostgresPool::open(
+        &format!("{}?options=-c%20synchronous_commit%3Dlocal", db.url),
+        PoolOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(show(relaxed).await, "local");
+}
