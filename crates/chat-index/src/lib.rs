@@ -91,6 +91,8 @@ mod postgres;
 mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod stored;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

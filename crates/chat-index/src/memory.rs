@@ -413,7 +413,7 @@ mod tests {
         }
     );
 
-    use sofiia_core_domain::{Clock, ManualClock, NodeId, OperatorId, Role};
+    use crate::testing::exchange_fixture;
 
     /// The list order compares ids as text; the vector is kept in order by
     /// the ids' own ordering. The two agree for every id.
@@ -447,35 +447,10 @@ mod tests {
         }
     }
 
-    fn exchange(chat: &str, text: &str) -> (NewChat, Exchange) {
-        let clock = ManualClock::default();
-        let node = NodeId::new("NODA1").unwrap();
-        let new_chat = NewChat {
-            id: ChatId::new(chat).unwrap(),
-            title: None,
-            node: node.clone(),
-            created_at: clock.now(),
-        };
-        let message = |role| Message {
-            id: MessageId::generate(),
-            chat_id: new_chat.id.clone(),
-            role,
-            text: text.to_owned(),
-            ts: clock.now(),
-            operator_id: OperatorId::new("alice").unwrap(),
-            node: node.clone(),
-        };
-        let exchange = Exchange {
-            operator: message(Role::Operator),
-            agent: message(Role::Agent),
-        };
-        (new_chat, exchange)
-    }
-
     #[tokio::test]
     async fn debug_shows_sizes_never_text() {
         let store = MemoryChatIndex::new();
-        let (new_chat, exchange) = exchange("c", "top secret plan");
+        let (new_chat, exchange) = exchange_fixture("c", "top secret plan", "top secret plan");
         store.append_exchange(new_chat, &exchange).await.unwrap();
         let debug = format!("{store:?}");
         assert_eq!(debug, "MemoryChatIndex { chats: 1, messages: 2 }");
@@ -484,7 +459,7 @@ mod tests {
     #[tokio::test]
     async fn a_poisoned_lock_fails_every_call_without_panicking() {
         let store = MemoryChatIndex::new();
-        let (new_chat, exchange) = exchange("c", "hi");
+        let (new_chat, exchange) = exchange_fixture("c", "hi", "hi");
         store
             .append_exchange(new_chat.clone(), &exchange)
             .await

@@ -8,14 +8,14 @@ use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Transaction};
 use futures_util::future;
 use sofiia_core_domain::{
-    Chat, ChatId, ChatTitle, Cursor, Exchange, Message, MessageId, NewChat, NodeId, OperatorId,
-    Page, PageRequest, Role, Timestamp, ValidationError,
+    Chat, ChatId, ChatTitle, Cursor, Exchange, Message, NewChat, Page, PageRequest, Timestamp,
 };
 use sofiia_postgres_support::{PoolOptions, PooledClient, PostgresPool, Schema};
 use tokio_postgres::{IsolationLevel, Row};
 
 use crate::exchange::{self, ExchangeError};
 use crate::import::{self, ImportError};
+use crate::stored::{ChatRow, MessageRow, StoredError};
 use crate::{ChatIndexError, ChatIndexStore, Imported, Result};
 
 /// The schema, one entry per version, recorded in the database's
@@ -266,9 +266,7 @@ impl PostgresChatIndex {
                     .await?
             }
         };
-        rows.iter()
-            .map(|row| ChatRow::read(row)?.into_chat())
-            .collect()
+        rows.iter().map(read_chat).collect()
     }
 
     /// The page, or `None` if the chat does not exist.
@@ -314,7 +312,7 @@ impl PostgresChatIndex {
         }
         rows?
             .iter()
-            .map(|row| MessageRow::read(row)?.into_message(chat))
+            .map(|row| read_message(row, chat))
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
     }
@@ -495,7 +493,7 @@ async fn select_chat(
     client
         .query_opt(&stmt, &[&id.as_str()])
         .await?
-        .map(|row| ChatRow::read(&row)?.into_chat())
+        .map(|row| read_chat(&row))
         .transpose()
 }
 
@@ -566,7 +564,7 @@ async fn touch_chat(
     ts: Timestamp,
     added: u64,
 ) -> Result<Chat, PgIndexError> {
-    let added = i64::try_from(added).map_err(|_| PgIndexError::CountOverflow)?;
+    let added = i64::try_from(added).map_err(|_| StoredError::CountOverflow)?;
     let stmt = tx.prepare_cached(TOUCH_CHAT).await?;
     let row = tx
         .query_opt(&stmt, &[&id.as_str(), &ts.as_unix_millis(), &added])
@@ -576,86 +574,41 @@ async fn touch_chat(
         ))?;
     // Validated before the commit, so that a row this crate could not read
     // back is never written.
-    ChatRow::read(&row)?.into_chat()
+    read_chat(&row)
 }
 
-/// A `chat_index_chats` row as stored, before validation.
-struct ChatRow {
-    id: String,
-    title: Option<String>,
-    node: String,
-    created_at: i64,
-    updated_at: i64,
-    message_count: i64,
+/// The tables, as errors about their stored values name them.
+const CHATS: &str = "chat_index_chats";
+const MESSAGES: &str = "chat_index_messages";
+
+/// The chat in a row of [`SELECT_CHAT`], [`LIST_CHATS_FIRST`] and the
+/// like.
+fn read_chat(row: &Row) -> Result<Chat, PgIndexError> {
+    let row = ChatRow {
+        id: row.try_get(0)?,
+        title: row.try_get(1)?,
+        node: row.try_get(2)?,
+        created_at: row.try_get(3)?,
+        updated_at: row.try_get(4)?,
+        message_count: row.try_get(5)?,
+    };
+    Ok(row.into_chat(CHATS)?)
 }
 
-impl ChatRow {
-    fn read(row: &Row) -> Result<Self, tokio_postgres::Error> {
-        Ok(Self {
-            id: row.try_get(0)?,
-            title: row.try_get(1)?,
-            node: row.try_get(2)?,
-            created_at: row.try_get(3)?,
-            updated_at: row.try_get(4)?,
-            message_count: row.try_get(5)?,
-        })
-    }
-
-    fn into_chat(self) -> Result<Chat, PgIndexError> {
-        let corrupt = |column| move |source| PgIndexError::CorruptRow { column, source };
-        Ok(Chat {
-            id: ChatId::new(self.id).map_err(corrupt("chat_index_chats.id"))?,
-            title: self
-                .title
-                .map(ChatTitle::new)
-                .transpose()
-                .map_err(corrupt("chat_index_chats.title"))?,
-            node: NodeId::new(self.node).map_err(corrupt("chat_index_chats.node"))?,
-            created_at: Timestamp::from_unix_millis(self.created_at)
-                .map_err(corrupt("chat_index_chats.created_at"))?,
-            updated_at: Timestamp::from_unix_millis(self.updated_at)
-                .map_err(corrupt("chat_index_chats.updated_at"))?,
-            message_count: u64::try_from(self.message_count)
-                .map_err(|_| PgIndexError::CountOverflow)?,
-        })
-    }
-}
-
-/// A `chat_index_messages` row of a page, before validation.
-struct MessageRow {
-    id: String,
-    role: String,
-    text: Vec<u8>,
-    ts: i64,
-    operator_id: String,
-    node: String,
-}
-
-impl MessageRow {
-    fn read(row: &Row) -> Result<Self, tokio_postgres::Error> {
-        Ok(Self {
-            id: row.try_get(0)?,
-            role: row.try_get(1)?,
-            text: row.try_get(2)?,
-            ts: row.try_get(3)?,
-            operator_id: row.try_get(4)?,
-            node: row.try_get(5)?,
-        })
-    }
-
-    fn into_message(self, chat: &ChatId) -> Result<Message, PgIndexError> {
-        let corrupt = |column| move |source| PgIndexError::CorruptRow { column, source };
-        Ok(Message {
-            id: MessageId::parse(&self.id).map_err(corrupt("chat_index_messages.id"))?,
-            chat_id: chat.clone(),
-            role: Role::parse(&self.role).map_err(corrupt("chat_index_messages.role"))?,
-            text: String::from_utf8(self.text).map_err(PgIndexError::CorruptText)?,
-            ts: Timestamp::from_unix_millis(self.ts).map_err(corrupt("chat_index_messages.ts"))?,
-            operator_id: OperatorId::new(self.operator_id)
-                .map_err(corrupt("chat_index_messages.operator_id"))?,
-            node: NodeId::new(self.node).map_err(corrupt("chat_index_messages.node"))?,
-        })
-    }
+/// The message of chat `chat` in a row of [`LIST_MESSAGES_FIRST`] or
+/// [`LIST_MESSAGES_AFTER`]. The text is stored as bytes (see the schema),
+/// so it is checked to be UTF-8 here.
+fn read_message(row: &Row, chat: &ChatId) -> Result<Message, PgIndexError> {
+    let text: Vec<u8> = row.try_get(2)?;
+    let row = MessageRow {
+        id: row.try_get(0)?,
+        role: row.try_get(1)?,
+        text: String::from_utf8(text).map_err(PgIndexError::CorruptText)?,
+        ts: row.try_get(3)?,
+        operator_id: row.try_get(4)?,
+        node: row.try_get(5)?,
+    };
+    Ok(row.into_message(MESSAGES, chat.clone())?)
 }
 
 /// What went wrong inside this backend; converted to [`ChatIndexError`] at
@@ -666,16 +619,10 @@ enum PgIndexError {
     // reads as if their variants were this enum's.
     #[error(transparent)]
     Postgres(#[from] sofiia_postgres_support::Error),
-    #[error("a stored value of {column} is invalid")]
-    CorruptRow {
-        column: &'static str,
-        #[source]
-        source: ValidationError,
-    },
+    #[error(transparent)]
+    Stored(#[from] StoredError),
     #[error("a stored message text is not UTF-8")]
     CorruptText(#[source] FromUtf8Error),
-    #[error("a stored message count does not fit")]
-    CountOverflow,
     #[error("the stored data is inconsistent: {0}")]
     Inconsistent(&'static str),
     #[error(transparent)]
@@ -712,12 +659,12 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use sofiia_core_domain::{Clock, ManualClock, PageLimit};
+    use sofiia_core_domain::{Clock, ManualClock, MessageId, NodeId, PageLimit, ValidationError};
     use sofiia_testkit::PostgresTestDatabase;
 
     use super::*;
     use crate::MemoryChatIndex;
-    use crate::testing::TestStore;
+    use crate::testing::{TestStore, exchange_fixture};
 
     async fn fresh_store() -> Option<TestStore> {
         let db = PostgresTestDatabase::new("sofiia-chat-index postgres suite").await?;
@@ -748,31 +695,6 @@ mod tests {
             .get()
             .await
             .unwrap()
-    }
-
-    fn fixture(chat: &str) -> (NewChat, Exchange) {
-        let clock = ManualClock::default();
-        let node = NodeId::new("NODA1").unwrap();
-        let new_chat = NewChat {
-            id: ChatId::new(chat).unwrap(),
-            title: Some(ChatTitle::new("kept").unwrap()),
-            node: node.clone(),
-            created_at: clock.now(),
-        };
-        let message = |role, text: &str| Message {
-            id: MessageId::generate(),
-            chat_id: new_chat.id.clone(),
-            role,
-            text: text.to_owned(),
-            ts: clock.now(),
-            operator_id: OperatorId::new("alice").unwrap(),
-            node: node.clone(),
-        };
-        let exchange = Exchange {
-            operator: message(Role::Operator, "ping"),
-            agent: message(Role::Agent, "pong"),
-        };
-        (new_chat, exchange)
     }
 
     fn is_unavailable<T: fmt::Debug>(r: &Result<T>) -> bool {
@@ -1005,7 +927,7 @@ mod tests {
             Some(SCHEMA.latest())
         );
 
-        let (new_chat, exchange) = fixture("shared");
+        let (new_chat, exchange) = exchange_fixture("shared", "ping", "pong");
         let chat = first.append_exchange(new_chat, &exchange).await.unwrap();
         assert_eq!(second.get_chat(&chat.id).await.unwrap(), Some(chat.clone()));
         assert_eq!(third.get_chat(&chat.id).await.unwrap(), Some(chat.clone()));
@@ -1124,7 +1046,7 @@ mod tests {
         let Some((_db, store)) = store("a_closed_store_is_unavailable").await else {
             return;
         };
-        let (new_chat, exchange) = fixture("late");
+        let (new_chat, exchange) = exchange_fixture("late", "ping", "pong");
         store.create_chat(new_chat.clone()).await.unwrap();
         store.close();
         assert!(is_unavailable(&store.check().await));
@@ -1191,7 +1113,7 @@ mod tests {
             return;
         };
         let store = Arc::new(store);
-        let (new_chat, exchange) = fixture("killed");
+        let (new_chat, exchange) = exchange_fixture("killed", "ping", "pong");
         let chat = store.create_chat(new_chat.clone()).await.unwrap();
         let release = lock_chat(&db, &chat.id).await;
 
@@ -1243,7 +1165,7 @@ mod tests {
         let store = PostgresChatIndex::connect(&url, PoolOptions::default())
             .await
             .unwrap();
-        let (new_chat, exchange) = fixture("locked");
+        let (new_chat, exchange) = exchange_fixture("locked", "ping", "pong");
         let chat = store.create_chat(new_chat.clone()).await.unwrap();
         let release = lock_chat(&db, &chat.id).await;
         let result = store.append_exchange(new_chat.clone(), &exchange).await;
@@ -1282,7 +1204,7 @@ mod tests {
         );
         assert!(is_backend(&store.list_chats(&PageRequest::default()).await));
 
-        let (new_chat, exchange) = fixture("bytes");
+        let (new_chat, exchange) = exchange_fixture("bytes", "ping", "pong");
         let chat = store.append_exchange(new_chat, &exchange).await.unwrap();
         client
             .execute(
@@ -1313,7 +1235,7 @@ mod tests {
             store.create_chat(new_chat.clone()).await.unwrap();
             memory.create_chat(new_chat).await.unwrap();
         }
-        let (new_chat, exchange) = fixture("a");
+        let (new_chat, exchange) = exchange_fixture("a", "ping", "pong");
         let mut messages = Vec::new();
         for _ in 0..4 {
             let mut exchange = exchange.clone();
@@ -1370,7 +1292,7 @@ mod tests {
             return;
         };
         let store = Arc::new(store);
-        let (new_chat, exchange) = fixture("crowded");
+        let (new_chat, exchange) = exchange_fixture("crowded", "ping", "pong");
         let chat = store.create_chat(new_chat.clone()).await.unwrap();
         for round in 0..ROUNDS {
             let batch: Vec<Message> = (0..BATCH)

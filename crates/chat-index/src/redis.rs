@@ -960,11 +960,10 @@ mod tests {
     use std::error::Error as _;
     use std::sync::Arc;
 
-    use sofiia_core_domain::{Clock, ManualClock};
     use sofiia_testkit::{RedisServer, RedisTestContext};
 
     use super::*;
-    use crate::testing::TestStore;
+    use crate::testing::{TestStore, exchange_fixture};
 
     async fn fresh_store() -> Option<TestStore> {
         let redis = RedisTestContext::new("sofiia-chat-index redis suite").await?;
@@ -974,31 +973,6 @@ mod tests {
     }
 
     crate::chat_index_store_tests!(fresh_store);
-
-    fn fixture(chat: &str, text: &str) -> (NewChat, Exchange) {
-        let clock = ManualClock::default();
-        let node = NodeId::new("NODA1").unwrap();
-        let new_chat = NewChat {
-            id: ChatId::new(chat).unwrap(),
-            title: Some(ChatTitle::new("kept").unwrap()),
-            node: node.clone(),
-            created_at: clock.now(),
-        };
-        let message = |role| Message {
-            id: MessageId::generate(),
-            chat_id: new_chat.id.clone(),
-            role,
-            text: text.to_owned(),
-            ts: clock.now(),
-            operator_id: OperatorId::new("alice").unwrap(),
-            node: node.clone(),
-        };
-        let exchange = Exchange {
-            operator: message(Role::Operator),
-            agent: message(Role::Agent),
-        };
-        (new_chat, exchange)
-    }
 
     fn is_unavailable<T: fmt::Debug>(r: &Result<T>) -> bool {
         matches!(r, Err(ChatIndexError::Unavailable { .. }))
@@ -1032,7 +1006,8 @@ mod tests {
             return;
         };
         let store = RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone());
-        let (new_chat, exchange) = fixture("ops:1.a", "line one\nline two");
+        let (new_chat, exchange) =
+            exchange_fixture("ops:1.a", "line one\nline two", "line one\nline two");
         store.append_exchange(new_chat, &exchange).await.unwrap();
 
         let p = format!("{}{{chat-index}}:", redis.prefix);
@@ -1162,7 +1137,7 @@ mod tests {
             return;
         };
         let store = RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone());
-        let (new_chat, exchange) = fixture("damaged", "hi");
+        let (new_chat, exchange) = exchange_fixture("damaged", "hi", "hi");
         let chat = store
             .append_exchange(new_chat.clone(), &exchange)
             .await
@@ -1173,7 +1148,7 @@ mod tests {
         // before it changes anything.
         let bodies = store.chat_key("bodies", &id);
         let _: () = cmd(&redis, redis::cmd("SET").arg(&bodies).arg("x")).await;
-        let (_, second) = fixture("damaged", "again");
+        let (_, second) = exchange_fixture("damaged", "again", "again");
         let r = store.append_exchange(new_chat.clone(), &second).await;
         assert!(is_backend(&r), "{r:?}");
         let cause = r.unwrap_err().source().map(ToString::to_string);
@@ -1240,7 +1215,7 @@ mod tests {
             .port();
         let pool = sofiia_testkit::connection(&format!("redis://127.0.0.1:{port}"));
         let store = RedisChatIndex::new(pool, "stopped:");
-        let (new_chat, exchange) = fixture("c", "hi");
+        let (new_chat, exchange) = exchange_fixture("c", "hi", "hi");
         assert!(is_unavailable(&store.check().await));
         assert!(is_unavailable(&store.get_chat(&new_chat.id).await));
         assert!(is_unavailable(&store.create_chat(new_chat.clone()).await));
@@ -1274,7 +1249,7 @@ mod tests {
         let pool = sofiia_testkit::connection(&format!("redis://127.0.0.1:{port}"));
         let store = RedisChatIndex::new(pool, "hung:").with_op_timeout(Duration::from_millis(200));
         assert_eq!(store.op_timeout(), Duration::from_millis(200));
-        let (new_chat, exchange) = fixture("c", "hi");
+        let (new_chat, exchange) = exchange_fixture("c", "hi", "hi");
         let r = store.append_exchange(new_chat, &exchange).await;
         assert!(is_unavailable(&r), "{r:?}");
         assert!(is_unavailable(&store.check().await));
@@ -1291,7 +1266,7 @@ mod tests {
         let store = Arc::new(
             RedisChatIndex::new(pool, "recovery:").with_op_timeout(Duration::from_millis(500)),
         );
-        let (new_chat, exchange) = fixture("c", "hi");
+        let (new_chat, exchange) = exchange_fixture("c", "hi", "hi");
         store
             .append_exchange(new_chat.clone(), &exchange)
             .await
@@ -1339,7 +1314,7 @@ mod tests {
         );
         assert_eq!(upper_bound(None), b"+".to_vec());
 
-        let (_, exchange) = fixture("c", "multi\nline\n\ntext\n");
+        let (_, exchange) = exchange_fixture("c", "multi\nline\n\ntext\n", "multi\nline\n\ntext\n");
         let m = &exchange.agent;
         let decoded = decode_body(&encode_body(m), m.id, m.chat_id.clone(), m.ts).unwrap();
         assert_eq!(&decoded, m);

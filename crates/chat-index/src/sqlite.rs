@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use deadpool_sqlite::PoolError;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use sofiia_core_domain::{
-    Chat, ChatId, ChatTitle, Cursor, Exchange, Message, MessageId, NewChat, NodeId, OperatorId,
-    Page, PageRequest, Role, Timestamp, ValidationError,
+    Chat, ChatId, ChatTitle, Cursor, Exchange, Message, NewChat, Page, PageRequest,
 };
 use sofiia_sqlite_support::{Database, DatabaseOptions, Durability, Schema, ping};
 
 use crate::exchange::{self, ExchangeError};
 use crate::import::{self, ImportError};
+use crate::stored::{ChatRow, MessageRow, StoredError};
 use crate::{ChatIndexError, ChatIndexStore, Imported, Result};
 
 /// The schema, one entry per version, recorded in the file's
@@ -61,12 +61,12 @@ const LIST_CHATS_AFTER: &str = "SELECT id, title, node, created_at, updated_at, 
     WHERE (updated_at, id) < (?1, ?2)
     ORDER BY updated_at DESC, id DESC
     LIMIT ?3";
-const LIST_MESSAGES_FIRST: &str = "SELECT id, chat_id, role, text, ts, operator_id, node
+const LIST_MESSAGES_FIRST: &str = "SELECT id, role, text, ts, operator_id, node
     FROM messages
     WHERE chat_id = ?1
     ORDER BY ts DESC, id DESC
     LIMIT ?2";
-const LIST_MESSAGES_AFTER: &str = "SELECT id, chat_id, role, text, ts, operator_id, node
+const LIST_MESSAGES_AFTER: &str = "SELECT id, role, text, ts, operator_id, node
     FROM messages
     WHERE chat_id = ?1 AND (ts, id) < (?2, ?3)
     ORDER BY ts DESC, id DESC
@@ -342,16 +342,16 @@ impl ChatIndexStore for SqliteChatIndex {
                 let rows = match &after {
                     None => {
                         let mut stmt = conn.prepare_cached(LIST_CHATS_FIRST)?;
-                        let rows = stmt.query_map(params![fetch], ChatRow::read)?;
+                        let rows = stmt.query_map(params![fetch], read_chat)?;
                         rows.collect::<rusqlite::Result<Vec<_>>>()?
                     }
                     Some(c) => {
                         let mut stmt = conn.prepare_cached(LIST_CHATS_AFTER)?;
-                        let rows = stmt.query_map(params![ts(c), c.id(), fetch], ChatRow::read)?;
+                        let rows = stmt.query_map(params![ts(c), c.id(), fetch], read_chat)?;
                         rows.collect::<rusqlite::Result<Vec<_>>>()?
                     }
                 };
-                rows.into_iter().map(ChatRow::into_chat).collect()
+                rows.into_iter().map(into_chat).collect()
             })
             .await?;
         Ok(Page::from_overfetch(items, page.limit, Chat::cursor))
@@ -369,14 +369,14 @@ impl ChatIndexStore for SqliteChatIndex {
                     None => {
                         let mut stmt = tx.prepare_cached(LIST_MESSAGES_FIRST)?;
                         let rows =
-                            stmt.query_map(params![chat_id.as_str(), fetch], MessageRow::read)?;
+                            stmt.query_map(params![chat_id.as_str(), fetch], read_message)?;
                         rows.collect::<rusqlite::Result<Vec<_>>>()?
                     }
                     Some(c) => {
                         let mut stmt = tx.prepare_cached(LIST_MESSAGES_AFTER)?;
                         let rows = stmt.query_map(
                             params![chat_id.as_str(), ts(c), c.id(), fetch],
-                            MessageRow::read,
+                            read_message,
                         )?;
                         rows.collect::<rusqlite::Result<Vec<_>>>()?
                     }
@@ -386,9 +386,10 @@ impl ChatIndexStore for SqliteChatIndex {
                 if rows.is_empty() && !chat_exists(&tx, &chat_id)? {
                     return Ok(None);
                 }
+                // The queries select the rows of `chat_id` only.
                 rows.into_iter()
-                    .map(MessageRow::into_message)
-                    .collect::<Result<Vec<_>, _>>()
+                    .map(|row| Ok(row.into_message(MESSAGES, chat_id.clone())?))
+                    .collect::<Result<Vec<_>, SqliteError>>()
                     .map(Some)
             })
             .await?
@@ -424,15 +425,15 @@ fn chat_exists(conn: &Connection, id: &ChatId) -> rusqlite::Result<bool> {
 
 fn select_chat(conn: &Connection, id: &ChatId) -> Result<Option<Chat>, SqliteError> {
     conn.prepare_cached(SELECT_CHAT)?
-        .query_row([id.as_str()], ChatRow::read)
+        .query_row([id.as_str()], read_chat)
         .optional()?
-        .map(ChatRow::into_chat)
+        .map(into_chat)
         .transpose()
 }
 
 /// Inserts `chat` unless its id exists; whether it did.
 fn insert_chat(conn: &Connection, chat: &Chat) -> Result<bool, SqliteError> {
-    let count = i64::try_from(chat.message_count).map_err(|_| SqliteError::CountOverflow)?;
+    let count = i64::try_from(chat.message_count).map_err(|_| StoredError::CountOverflow)?;
     let inserted = conn.prepare_cached(INSERT_CHAT)?.execute(params![
         chat.id.as_str(),
         chat.title.as_ref().map(ChatTitle::as_str),
@@ -484,11 +485,11 @@ fn append(conn: &Connection, new_chat: NewChat, exchange: &Exchange) -> Result<C
     }
     let row = conn.prepare_cached(TOUCH_CHAT)?.query_row(
         params![chat_id.as_str(), exchange.agent.ts.as_unix_millis()],
-        ChatRow::read,
+        read_chat,
     )?;
     // Validated before the savepoint is released, so that a row this crate
     // could not read back is never half-written.
-    row.into_chat()
+    into_chat(row)
 }
 
 /// Imports one batch; runs inside the writer's transaction, as `append`.
@@ -533,13 +534,13 @@ fn import_batch(
             inserted += n as u64;
         }
     }
-    let added = i64::try_from(inserted).map_err(|_| SqliteError::CountOverflow)?;
+    let added = i64::try_from(inserted).map_err(|_| StoredError::CountOverflow)?;
     let row = conn.prepare_cached(IMPORT_TOUCH_CHAT)?.query_row(
         params![chat.id.as_str(), chat.updated_at.as_unix_millis(), added],
-        ChatRow::read,
+        read_chat,
     )?;
     // Validated before the savepoint is released, as in `append`.
-    let stored = row.into_chat()?;
+    let stored = into_chat(row)?;
     Ok(Imported {
         chat: stored,
         created,
@@ -548,85 +549,37 @@ fn import_batch(
     })
 }
 
-/// A `chats` row as stored, before validation.
-struct ChatRow {
-    id: String,
-    title: Option<String>,
-    node: String,
-    created_at: i64,
-    updated_at: i64,
-    message_count: i64,
+/// The tables, as errors about their stored values name them.
+const CHATS: &str = "chats";
+const MESSAGES: &str = "messages";
+
+/// A `chats` row as [`SELECT_CHAT`] and the others reading chats return it.
+fn read_chat(row: &Row<'_>) -> rusqlite::Result<ChatRow> {
+    Ok(ChatRow {
+        id: row.get(0)?,
+        title: row.get(1)?,
+        node: row.get(2)?,
+        created_at: row.get(3)?,
+        updated_at: row.get(4)?,
+        message_count: row.get(5)?,
+    })
 }
 
-impl ChatRow {
-    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: row.get(0)?,
-            title: row.get(1)?,
-            node: row.get(2)?,
-            created_at: row.get(3)?,
-            updated_at: row.get(4)?,
-            message_count: row.get(5)?,
-        })
-    }
-
-    fn into_chat(self) -> Result<Chat, SqliteError> {
-        let corrupt = |column| move |source| SqliteError::CorruptRow { column, source };
-        Ok(Chat {
-            id: ChatId::new(self.id).map_err(corrupt("chats.id"))?,
-            title: self
-                .title
-                .map(ChatTitle::new)
-                .transpose()
-                .map_err(corrupt("chats.title"))?,
-            node: NodeId::new(self.node).map_err(corrupt("chats.node"))?,
-            created_at: Timestamp::from_unix_millis(self.created_at)
-                .map_err(corrupt("chats.created_at"))?,
-            updated_at: Timestamp::from_unix_millis(self.updated_at)
-                .map_err(corrupt("chats.updated_at"))?,
-            message_count: u64::try_from(self.message_count)
-                .map_err(|_| SqliteError::CountOverflow)?,
-        })
-    }
+fn into_chat(row: ChatRow) -> Result<Chat, SqliteError> {
+    Ok(row.into_chat(CHATS)?)
 }
 
-/// A `messages` row as stored, before validation.
-struct MessageRow {
-    id: String,
-    chat_id: String,
-    role: String,
-    text: String,
-    ts: i64,
-    operator_id: String,
-    node: String,
-}
-
-impl MessageRow {
-    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: row.get(0)?,
-            chat_id: row.get(1)?,
-            role: row.get(2)?,
-            text: row.get(3)?,
-            ts: row.get(4)?,
-            operator_id: row.get(5)?,
-            node: row.get(6)?,
-        })
-    }
-
-    fn into_message(self) -> Result<Message, SqliteError> {
-        let corrupt = |column| move |source| SqliteError::CorruptRow { column, source };
-        Ok(Message {
-            id: MessageId::parse(&self.id).map_err(corrupt("messages.id"))?,
-            chat_id: ChatId::new(self.chat_id).map_err(corrupt("messages.chat_id"))?,
-            role: Role::parse(&self.role).map_err(corrupt("messages.role"))?,
-            text: self.text,
-            ts: Timestamp::from_unix_millis(self.ts).map_err(corrupt("messages.ts"))?,
-            operator_id: OperatorId::new(self.operator_id)
-                .map_err(corrupt("messages.operator_id"))?,
-            node: NodeId::new(self.node).map_err(corrupt("messages.node"))?,
-        })
-    }
+/// A `messages` row as [`LIST_MESSAGES_FIRST`] and [`LIST_MESSAGES_AFTER`]
+/// return it.
+fn read_message(row: &Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        id: row.get(0)?,
+        role: row.get(1)?,
+        text: row.get(2)?,
+        ts: row.get(3)?,
+        operator_id: row.get(4)?,
+        node: row.get(5)?,
+    })
 }
 
 /// What went wrong inside this backend; converted to [`ChatIndexError`] at
@@ -639,14 +592,8 @@ enum SqliteError {
     Sqlite(#[from] sofiia_sqlite_support::Error),
     #[error("no SQLite connection could be had")]
     Pool(#[from] PoolError),
-    #[error("a stored value of {column} is invalid")]
-    CorruptRow {
-        column: &'static str,
-        #[source]
-        source: ValidationError,
-    },
-    #[error("a stored message count does not fit")]
-    CountOverflow,
+    #[error(transparent)]
+    Stored(#[from] StoredError),
     #[error("a stored message belongs to a chat that does not exist")]
     MissingChat,
     #[error(transparent)]
@@ -705,32 +652,9 @@ mod tests {
     use std::error::Error as _;
 
     use rusqlite::ErrorCode;
-    use sofiia_core_domain::{Clock, ManualClock};
+    use sofiia_core_domain::{MessageId, ValidationError};
 
-    fn fixture(chat: &str) -> (NewChat, Exchange) {
-        let clock = ManualClock::default();
-        let node = NodeId::new("NODA1").unwrap();
-        let new_chat = NewChat {
-            id: ChatId::new(chat).unwrap(),
-            title: Some(ChatTitle::new("kept").unwrap()),
-            node: node.clone(),
-            created_at: clock.now(),
-        };
-        let message = |role, text: &str| Message {
-            id: MessageId::generate(),
-            chat_id: new_chat.id.clone(),
-            role,
-            text: text.to_owned(),
-            ts: clock.now(),
-            operator_id: OperatorId::new("alice").unwrap(),
-            node: node.clone(),
-        };
-        let exchange = Exchange {
-            operator: message(Role::Operator, "ping"),
-            agent: message(Role::Agent, "pong"),
-        };
-        (new_chat, exchange)
-    }
+    use crate::testing::exchange_fixture;
 
     /// A plain connection to the file, beside the store's pools.
     fn raw(path: &Path) -> Connection {
@@ -796,7 +720,7 @@ mod tests {
 
         // The planner may change its mind once it has statistics; it must not.
         for c in 0..30 {
-            let (new_chat, exchange) = fixture(&format!("chat-{c}"));
+            let (new_chat, exchange) = exchange_fixture(&format!("chat-{c}"), "ping", "pong");
             for _ in 0..10 {
                 let mut exchange = exchange.clone();
                 exchange.operator.id = MessageId::generate();
@@ -816,7 +740,7 @@ mod tests {
     async fn data_survives_close_and_reopen_and_parent_dirs_are_created() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("not/yet/there/chat-index.sqlite3");
-        let (new_chat, exchange) = fixture("kept");
+        let (new_chat, exchange) = exchange_fixture("kept", "ping", "pong");
         let (chat, messages) = {
             let store = SqliteChatIndex::open(&path).await.unwrap();
             assert_eq!(store.path(), path);
@@ -850,7 +774,7 @@ mod tests {
         let (first, second) = (first.unwrap(), second.unwrap());
         let third = SqliteChatIndex::open(&path).await.unwrap();
 
-        let (new_chat, exchange) = fixture("shared");
+        let (new_chat, exchange) = exchange_fixture("shared", "ping", "pong");
         let chat = first.append_exchange(new_chat, &exchange).await.unwrap();
         assert_eq!(second.get_chat(&chat.id).await.unwrap(), Some(chat.clone()));
         assert_eq!(third.get_chat(&chat.id).await.unwrap(), Some(chat));
@@ -890,7 +814,7 @@ mod tests {
         // with its version in `user_version`.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chat-index.db");
-        let (new_chat, exchange) = fixture("earlier");
+        let (new_chat, exchange) = exchange_fixture("earlier", "ping", "pong");
         {
             let conn = raw(&path);
             conn.execute_batch(SCHEMA.migrations[0]).unwrap();
@@ -916,7 +840,7 @@ mod tests {
             .unwrap();
         db.migrate(&OTHER).await.unwrap();
         let store = SqliteChatIndex::in_database(&db).await.unwrap();
-        let (new_chat, exchange) = fixture("together");
+        let (new_chat, exchange) = exchange_fixture("together", "ping", "pong");
         let before = db.writer().stats();
         let (chat, other) = tokio::join!(
             store.append_exchange(new_chat, &exchange),
@@ -954,7 +878,7 @@ mod tests {
         store.close();
         let err = store.check().await.unwrap_err();
         assert!(matches!(err, ChatIndexError::Unavailable { .. }), "{err:?}");
-        let (new_chat, exchange) = fixture("late");
+        let (new_chat, exchange) = exchange_fixture("late", "ping", "pong");
         let err = store
             .append_exchange(new_chat, &exchange)
             .await
@@ -968,7 +892,7 @@ mod tests {
         let path = dir.path().join("locked.sqlite3");
         let options = SqliteOptions::default().with_busy_timeout(Duration::from_millis(50));
         let store = SqliteChatIndex::open_with(&path, options).await.unwrap();
-        let (new_chat, exchange) = fixture("locked");
+        let (new_chat, exchange) = exchange_fixture("locked", "ping", "pong");
         let chat = store.create_chat(new_chat.clone()).await.unwrap();
 
         let other = raw(&path);
@@ -987,7 +911,7 @@ mod tests {
         assert_eq!(store.get_chat(&chat.id).await.unwrap(), Some(chat.clone()));
         other.execute_batch("ROLLBACK;").unwrap();
 
-        let (new_chat, exchange) = fixture("locked");
+        let (new_chat, exchange) = exchange_fixture("locked", "ping", "pong");
         let chat = store.append_exchange(new_chat, &exchange).await.unwrap();
         assert_eq!(
             chat.message_count, 2,

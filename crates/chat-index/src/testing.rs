@@ -1809,6 +1809,29 @@ pub async fn case_concurrent_imports_store_each_message_once(store: &DynChatInde
     assert_chat_holds(store, &chat, &messages).await;
 }
 
+/// For the backends' own unit tests: a chat titled `kept` on node `NODA1`,
+/// and an exchange in it from operator `alice` with fresh ids, everything
+/// at the time of a fresh frozen clock.
+#[cfg(test)]
+pub(crate) fn exchange_fixture(
+    chat: &str,
+    operator_text: &str,
+    agent_text: &str,
+) -> (NewChat, Exchange) {
+    let fx = Fx::new();
+    let now = fx.at(0);
+    let new_chat = NewChat {
+        title: Some(ChatTitle::new("kept").expect("valid title")),
+        ..fx.new_chat(chat, now)
+    };
+    let (operator, agent) = fresh_ids();
+    let exchange = Exchange {
+        operator: fx.message(&new_chat.id, operator, Role::Operator, now, operator_text),
+        agent: fx.message(&new_chat.id, agent, Role::Agent, now, agent_text),
+    };
+    (new_chat, exchange)
+}
+
 #[cfg(test)]
 mod tests {
     /// Every `case_*` function must be listed in the macro, or a backend
