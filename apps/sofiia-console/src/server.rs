@@ -406,13 +406,7 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
         clock: stores.clock.clone(),
         logger: logger.clone(),
         store_timeout: settings.store_timeout,
-        check_before_node: RemoteStores {
-            chat_index: matches!(
-                settings.chat_index_backend,
-                ChatIndexBackend::Redis | ChatIndexBackend::Postgres
-            ),
-            audit: settings.audit_backend == AuditBackend::Postgres,
-        },
+        check_before_node: remote_stores(settings),
         events_made_durable_by_key: stores.one_sqlite_file,
     });
 
@@ -460,6 +454,22 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
         metrics,
         openapi,
     }
+}
+
+/// The stores a send asks before its node call (see
+/// [`SendParts::check_before_node`]), one question per server: every
+/// PostgreSQL store shares one pool, and every Redis backend one
+/// connection, which the send's key reservation has just used when the
+/// keys are in Redis too.
+fn remote_stores(settings: &Settings) -> RemoteStores {
+    let chat_index = match settings.chat_index_backend {
+        ChatIndexBackend::Postgres => true,
+        ChatIndexBackend::Redis => settings.idempotency_backend != IdempotencyBackend::Redis,
+        ChatIndexBackend::Sqlite | ChatIndexBackend::InMemory => false,
+    };
+    let audit = settings.audit_backend == AuditBackend::Postgres
+        && settings.chat_index_backend != ChatIndexBackend::Postgres;
+    RemoteStores { chat_index, audit }
 }
 
 /// The file in the data dir that every SQLite store keeps its tables in:
@@ -778,6 +788,37 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn a_send_asks_each_remote_server_once_before_its_node() {
+        let remote = |vars: &[(&str, &str)]| {
+            let all: BTreeMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let r = remote_stores(&Settings::from_vars(&all).unwrap());
+            (r.chat_index, r.audit)
+        };
+        assert_eq!(remote(&[]), (false, false), "embedded defaults");
+        let pg = [
+            ("SOFIIA_AUDIT_BACKEND", "postgres"),
+            ("SOFIIA_CHAT_INDEX_BACKEND", "postgres"),
+        ];
+        assert_eq!(remote(&pg), (true, false), "one pool, one question");
+        assert_eq!(remote(&pg[..1]), (false, true));
+        assert_eq!(
+            remote(&[("SOFIIA_CHAT_INDEX_BACKEND", "redis")]),
+            (true, false)
+        );
+        // The key's reservation has just used the one Redis connection.
+        assert_eq!(
+            remote(&[
+                ("SOFIIA_CHAT_INDEX_BACKEND", "redis"),
+                ("SOFIIA_IDEMPOTENCY_BACKEND", "redis"),
+            ]),
+            (false, false)
+        );
+    }
 
     async fn open_in(dir: &Path, vars: &[(&str, &str)]) -> Stores {
         let mut all: BTreeMap<String, String> = vars
