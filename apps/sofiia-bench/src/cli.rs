@@ -37,6 +37,16 @@ pub(crate) struct Cli {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+    /// A PostgreSQL database to connect to as a user that may create
+    /// databases: the PostgreSQL scenario makes a database of its own
+    /// there and drops it afterwards.
+    #[arg(
+        long,
+        global = true,
+        env = "SOFIIA_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub postgres_url: String,
     /// HTTP workers of the console and of the baseline (default: the
     /// console's own default, one per core).
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -138,6 +148,9 @@ pub(crate) enum Scenario {
     Single,
     /// (b) send with every backend that can be on Redis on Redis.
     Redis,
+    /// (f) send, the recommended shared shape: audit trail and chat index
+    /// on PostgreSQL, keys and quotas on Redis.
+    Postgres,
     /// (c) the same Idempotency-Key replayed.
     Replay,
     /// (d) the first page of a chat of `--list-messages` messages.
@@ -155,13 +168,14 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub(crate) const ALL: [Scenario; 9] = [
+    pub(crate) const ALL: [Scenario; 10] = [
         Scenario::Embedded,
         Scenario::Single,
         Scenario::Candidate,
         Scenario::Inmemory,
         Scenario::Operators,
         Scenario::Redis,
+        Scenario::Postgres,
         Scenario::Replay,
         Scenario::List,
         Scenario::Health,
@@ -198,6 +212,7 @@ pub(crate) struct Settings {
     pub memory_chats: u64,
     pub operators: u32,
     pub redis_url: String,
+    pub postgres_url: String,
     pub candidate_bin: Option<PathBuf>,
 }
 
@@ -257,6 +272,7 @@ impl Settings {
                 .max(1),
             operators: cli.operators.unwrap_or(1_000),
             redis_url: cli.redis_url.clone(),
+            postgres_url: cli.postgres_url.clone(),
             candidate_bin: cli.candidate_bin.clone(),
         }
     }
@@ -318,13 +334,18 @@ mod tests {
     fn lists_are_sorted_deduplicated_and_in_report_order() {
         let s = settings(&[
             "--scenarios",
-            "health,embedded,health,redis",
+            "health,postgres,embedded,health,redis",
             "--growth-sizes",
             "1000000,1000,1000",
         ]);
         assert_eq!(
             s.scenarios,
-            vec![Scenario::Embedded, Scenario::Redis, Scenario::Health]
+            vec![
+                Scenario::Embedded,
+                Scenario::Redis,
+                Scenario::Postgres,
+                Scenario::Health
+            ]
         );
         assert_eq!(s.growth_sizes, vec![1_000, 1_000_000]);
     }

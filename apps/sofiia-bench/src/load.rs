@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sofiia_chat_index::{DynChatIndexStore, SqliteChatIndex};
 use sofiia_core_domain::ChatId;
@@ -17,10 +17,10 @@ use sofiia_core_domain::ChatId;
 use crate::cli::Scenario;
 use crate::loadgen::{self, LoadConfig, Stop, Workload};
 use crate::procs::{Memory, Server};
-use crate::redis_keys;
 use crate::rig::{ConsoleSpec, Rig, operator_tokens, tokens_var};
 use crate::stats::{LoadResult, RunNumbers, ScenarioSummary, summarise};
 use crate::workloads::{Gets, Replays, Sends};
+use crate::{pg_db, redis_keys};
 
 /// The chat of the `list` scenario.
 const LIST_CHAT: &str = "list-big";
@@ -59,6 +59,9 @@ impl Scenario {
             Scenario::Inmemory => "(a″) send, in-memory chat index".into(),
             Scenario::Candidate => "(a*) send, embedded defaults, candidate build".into(),
             Scenario::Redis => "(b) send, Redis backends".into(),
+            Scenario::Postgres => {
+                "(f) send, audit and chat index on PostgreSQL, keys and quotas on Redis".into()
+            }
             Scenario::Replay => "(c) idempotent replay".into(),
             Scenario::List => format!(
                 "(d) first page of a {} message chat",
@@ -76,6 +79,7 @@ impl Scenario {
             Scenario::Inmemory => "mem",
             Scenario::Candidate => "cand",
             Scenario::Redis => "red",
+            Scenario::Postgres => "pg",
             Scenario::Replay => "rep",
             Scenario::List => "lst",
             Scenario::Health => "hlt",
@@ -141,6 +145,47 @@ impl Drop for PrefixCleanup {
     }
 }
 
+/// Drops the run's PostgreSQL database when dropped, so an early return
+/// still cleans up.
+struct DatabaseCleanup {
+    admin_url: String,
+    name: String,
+    notes: Vec<String>,
+}
+
+impl DatabaseCleanup {
+    fn run(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let name = std::mem::take(&mut self.name);
+        let note = match block_on(pg_db::drop_database(&self.admin_url, &name)) {
+            Ok(bytes) => format!(
+                "PostgreSQL: dropped the database `{name}` the run wrote to ({:.1} MiB).",
+                bytes as f64 / 1024.0 / 1024.0
+            ),
+            Err(e) => format!("PostgreSQL: could not drop the database `{name}`: {e}"),
+        };
+        crate::progress(&note);
+        self.notes.push(note);
+    }
+}
+
+impl Drop for DatabaseCleanup {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+/// Runs `f` on a runtime of its own, on this thread.
+fn block_on<T>(f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(f)
+}
+
 /// The processes and fixed inputs of the scenarios.
 struct Targets {
     token: String,
@@ -150,12 +195,14 @@ struct Targets {
     inmemory: Option<Server>,
     candidate: Option<Server>,
     redis: Option<Server>,
+    postgres: Option<Server>,
 }
 
 impl Targets {
     fn server(&self, scenario: Scenario) -> Option<&Server> {
         match scenario {
             Scenario::Redis => self.redis.as_ref(),
+            Scenario::Postgres => self.postgres.as_ref(),
             Scenario::Operators => self.operators.as_ref(),
             Scenario::Inmemory => self.inmemory.as_ref(),
             Scenario::Candidate => self.candidate.as_ref(),
@@ -176,6 +223,7 @@ fn workload(
         Scenario::Embedded
         | Scenario::Single
         | Scenario::Redis
+        | Scenario::Postgres
         | Scenario::Inmemory
         | Scenario::Candidate => Arc::new(Sends::new(addr, token, scenario.tag(), run)),
         Scenario::Operators => Arc::new(Sends::new(
@@ -194,22 +242,20 @@ fn workload(
     }
 }
 
-/// One run against `target`, with the CPU time `target` spent on it; when
-/// `extra` names another local process (Redis), its CPU time over the run
-/// is added to `extra_cpu`.
+/// One run against `target`, with the CPU time `target` spent on it; the
+/// CPU time each of `extra`'s local servers (Redis, PostgreSQL) spent over
+/// the run is added to it.
 fn measure(
     rig: &Rig,
     stub: &Server,
     target: &Server,
     w: Arc<dyn Workload>,
     concurrency: usize,
-    extra: Option<(u32, &mut ExtraCpu)>,
+    extra: &mut [ExtraCpu],
 ) -> Result<(LoadResult, RunNumbers), String> {
     let s = &rig.settings;
     crate::rig::clear_stub_calls(stub);
-    let extra_before = extra
-        .as_ref()
-        .and_then(|(pid, _)| crate::procs::cpu_time(*pid));
+    let extra_before: Vec<_> = extra.iter().map(ExtraCpu::now).collect();
     let cpu_before = target.cpu_time();
     let result = loadgen::run(
         LoadConfig {
@@ -228,20 +274,42 @@ fn measure(
         .zip(target.cpu_time())
         .map(|(before, after)| after.saturating_sub(before));
     let numbers = RunNumbers::from(&result).with_cpu(cpu, result.ok_total);
-    if let Some((pid, acc)) = extra
-        && let Some((before, after)) = extra_before.zip(crate::procs::cpu_time(pid))
-    {
-        acc.cpu += after.saturating_sub(before);
-        acc.requests += result.ok_total;
+    for (acc, before) in extra.iter_mut().zip(extra_before) {
+        if let Some((before, after)) = before.zip(acc.now()) {
+            acc.cpu += after.saturating_sub(before);
+            acc.requests += result.ok_total;
+        }
     }
     Ok((result, numbers))
 }
 
-/// CPU time another process (the local Redis server) spent over runs.
-#[derive(Debug, Default)]
+/// CPU time a local server the console uses (Redis, PostgreSQL) spent over
+/// a scenario's runs.
+#[derive(Debug)]
 struct ExtraCpu {
-    cpu: std::time::Duration,
+    /// What is measured, as the report names it.
+    name: &'static str,
+    pid: u32,
+    /// Its CPU time so far, from `pid`.
+    read: fn(u32) -> Option<Duration>,
+    cpu: Duration,
     requests: u64,
+}
+
+impl ExtraCpu {
+    fn new(name: &'static str, pid: u32, read: fn(u32) -> Option<Duration>) -> Self {
+        ExtraCpu {
+            name,
+            pid,
+            read,
+            cpu: Duration::ZERO,
+            requests: 0,
+        }
+    }
+
+    fn now(&self) -> Option<Duration> {
+        (self.read)(self.pid)
+    }
 }
 
 /// Builds the `list` chat into the console's chat index file before the
@@ -403,6 +471,28 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
     } else {
         None
     };
+    let mut database = DatabaseCleanup {
+        admin_url: s.postgres_url.clone(),
+        name: String::new(),
+        notes: Vec::new(),
+    };
+    let (postgres, postgres_pid) = if wants(Scenario::Postgres) {
+        let pg_prefix = format!("{prefix}pg:");
+        match start_postgres_console(rig, &stub, &single, &pg_prefix, &mut database) {
+            Ok((server, pid, note)) => {
+                cleanup.prefix = prefix.clone();
+                report.notes.push(note);
+                (Some(server), pid)
+            }
+            Err(note) => {
+                crate::progress(&note);
+                report.notes.push(note);
+                (None, None)
+            }
+        }
+    } else {
+        (None, None)
+    };
 
     let targets = Targets {
         token: token.clone(),
@@ -412,6 +502,7 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
         inmemory,
         candidate,
         redis,
+        postgres,
     };
 
     for (name, server) in [
@@ -422,6 +513,7 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
         ("console (in-memory chat index)", targets.inmemory.as_ref()),
         ("console (candidate)", targets.candidate.as_ref()),
         ("console (Redis)", targets.redis.as_ref()),
+        ("console (PostgreSQL)", targets.postgres.as_ref()),
     ] {
         if let Some(server) = server {
             report
@@ -439,20 +531,41 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
     let mut pairs: BTreeMap<Scenario, Vec<(RunNumbers, RunNumbers)>> = BTreeMap::new();
     let mut errors: BTreeMap<Scenario, BTreeMap<String, u64>> = BTreeMap::new();
     let mut baselines = Vec::new();
-    let redis_pid = if targets.redis.is_some() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let redis_pid = if targets.redis.is_some() || targets.postgres.is_some() {
+        block_on(async { Ok(redis_keys::server_pid(&s.redis_url).await) })
             .ok()
-            .and_then(|rt| rt.block_on(redis_keys::server_pid(&s.redis_url)))
+            .flatten()
     } else {
         None
     };
-    let mut redis_cpu = ExtraCpu::default();
+    let redis_cpu = |pid| ExtraCpu::new("the local Redis server", pid, crate::procs::cpu_time);
+    // Every process of the server: its connections' backends, the WAL
+    // writer, the checkpointer and the rest.
+    let postgres_cpu = |pid| {
+        ExtraCpu::new(
+            "the local PostgreSQL server (the postmaster and every process it started, whichever client they serve)",
+            pid,
+            crate::procs::tree_cpu_time,
+        )
+    };
+    let mut extras: BTreeMap<Scenario, Vec<ExtraCpu>> = BTreeMap::from([
+        (
+            Scenario::Redis,
+            redis_pid.map(redis_cpu).into_iter().collect(),
+        ),
+        (
+            Scenario::Postgres,
+            postgres_pid
+                .map(postgres_cpu)
+                .into_iter()
+                .chain(redis_pid.map(redis_cpu))
+                .collect(),
+        ),
+    ]);
     let started = Instant::now();
     for round in 0..s.rounds {
         for &scenario in &scenarios {
-            let extra_pid = redis_pid.filter(|_| scenario == Scenario::Redis);
+            let extra = extras.entry(scenario).or_default();
             let Some(server) = targets.server(scenario) else {
                 continue;
             };
@@ -478,25 +591,17 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
             } else {
                 s.concurrency
             };
-            let measure_scenario = || {
-                measure(
-                    rig,
-                    &stub,
-                    server,
-                    scenario_load,
-                    concurrency,
-                    extra_pid.map(|pid| (pid, &mut redis_cpu)),
-                )
-            };
+            let measure_scenario =
+                || measure(rig, &stub, server, scenario_load, concurrency, extra);
             // Baseline first on even rounds, the scenario first on odd ones.
             let ((scenario_result, a), (base_result, b)) = if round % 2 == 0 {
-                let b = measure(rig, &stub, &baseline, base_load, concurrency, None)?;
+                let b = measure(rig, &stub, &baseline, base_load, concurrency, &mut [])?;
                 (measure_scenario()?, b)
             } else {
                 let a = measure_scenario()?;
                 (
                     a,
-                    measure(rig, &stub, &baseline, base_load, concurrency, None)?,
+                    measure(rig, &stub, &baseline, base_load, concurrency, &mut [])?,
                 )
             };
             crate::progress(&format!(
@@ -553,7 +658,9 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
             "console (operators)" => targets.operators.as_ref(),
             "console (in-memory chat index)" => targets.inmemory.as_ref(),
             "console (candidate)" => targets.candidate.as_ref(),
-            _ => targets.redis.as_ref(),
+            "console (Redis)" => targets.redis.as_ref(),
+            "console (PostgreSQL)" => targets.postgres.as_ref(),
+            _ => None,
         };
         entry.2 = server.and_then(|s| s.memory().ok());
     }
@@ -592,20 +699,27 @@ pub(crate) fn run(rig: &Rig) -> Result<LoadReport, String> {
         });
     }
 
-    if redis_cpu.requests > 0 {
-        let note = format!(
-            "(b): the local Redis server itself spent {:.0} µs of CPU per send on top of the console's (all (b) runs, warm-up included).",
-            redis_cpu.cpu.as_secs_f64() * 1e6 / redis_cpu.requests as f64
-        );
-        crate::progress(&note);
-        report.notes.push(note);
+    for (scenario, extra) in &extras {
+        let label = scenario.title(s);
+        let label = label.split(' ').next().unwrap_or_default();
+        for e in extra.iter().filter(|e| e.requests > 0) {
+            let note = format!(
+                "{label}: {} itself spent {:.0} µs of CPU per send on top of the console's (all {label} runs, warm-up included).",
+                e.name,
+                e.cpu.as_secs_f64() * 1e6 / e.requests as f64
+            );
+            crate::progress(&note);
+            report.notes.push(note);
+        }
     }
 
-    // Consoles stop before their Redis keys are deleted, so none is
-    // written afterwards.
+    // Consoles stop before their Redis keys and database are deleted, so
+    // nothing is written afterwards.
     drop(targets);
     cleanup.run();
     report.notes.append(&mut cleanup.notes);
+    database.run();
+    report.notes.append(&mut database.notes);
     Ok(report)
 }
 
@@ -705,6 +819,47 @@ fn start_redis_console(
     }
     rig.console(&spec, stub)
         .map_err(|e| format!("(b) skipped: the Redis console did not start: {e}"))
+}
+
+/// Starts the console of the shared shape on a database made for the run
+/// (`database` drops it afterwards); returns it, the local postmaster's
+/// pid when there is one, and a note saying how it is configured.
+fn start_postgres_console(
+    rig: &Rig,
+    stub: &Server,
+    tokens: &str,
+    prefix: &str,
+    database: &mut DatabaseCleanup,
+) -> Result<(Server, Option<u32>, String), String> {
+    let s = &rig.settings;
+    let name = format!("sofiia_bench_{}", rig.session);
+    let url = pg_db::database_url(&s.postgres_url, &name)
+        .map_err(|e| format!("(f) skipped: --postgres-url: {e}."))?;
+    block_on(redis_keys::ping(&s.redis_url))
+        .map_err(|e| format!("(f) skipped: Redis does not answer ({e})."))?;
+    block_on(pg_db::create_database(&s.postgres_url, &name))
+        .map_err(|e| format!("(f) skipped: PostgreSQL gave no database for the run ({e})."))?;
+    database.name = name;
+    let pid = block_on(async { Ok(pg_db::server_pid(&url).await) })
+        .ok()
+        .flatten();
+    let spec = ConsoleSpec::new("postgres")
+        .var("SOFIIA_OPERATOR_TOKENS", tokens)
+        .var("SOFIIA_AUDIT_BACKEND", "postgres")
+        .var("SOFIIA_CHAT_INDEX_BACKEND", "postgres")
+        .var("SOFIIA_POSTGRES_URL", url.clone())
+        .var("SOFIIA_IDEMPOTENCY_BACKEND", "redis")
+        .var("SOFIIA_RATE_LIMIT_BACKEND", "redis")
+        .var("SOFIIA_REDIS_PREFIX", prefix);
+    let server = rig
+        .console(&spec, stub)
+        .map_err(|e| format!("(f) skipped: the PostgreSQL console did not start: {e}"))?;
+    let note = format!(
+        "(f) runs the audit trail and the chat index on PostgreSQL, in the database `{}` made \
+         for the run, and idempotency and rate limits on Redis.",
+        sofiia_postgres_support::server_of(&url)
+    );
+    Ok((server, pid, note))
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@
 //! - `load`: (a) send on the embedded defaults, (a′) the same with many
 //!   operators configured, (b) send on Redis backends, (c) idempotent
 //!   replay, (d) the first page of a 100 000 message chat, (e)
-//!   `GET /api/health`; each against the baseline of its round;
+//!   `GET /api/health`, (f) send with the audit trail and chat index on
+//!   PostgreSQL and keys and quotas on Redis; each against the baseline of
+//!   its round;
 //! - `growth`: page-fetch time at 1 000, 100 000 and 1 000 000 messages per
 //!   chat index backend, through the `sofiia-chat-index` crate;
 //! - `audit`: audit append throughput, verification and prune at 1 000 000
@@ -48,6 +50,7 @@ mod http_growth;
 mod load;
 mod loadgen;
 mod memory;
+mod pg_db;
 mod procs;
 mod profile;
 mod redis_keys;

@@ -286,17 +286,60 @@ pub(crate) fn cpu_time(pid: u32) -> Option<std::time::Duration> {
     parse_cpu_ticks(&stat).map(|ticks| std::time::Duration::from_millis(ticks * 1000 / USER_HZ))
 }
 
-/// `utime + stime` from the text of `/proc/<pid>/stat`, in ticks. The
-/// command name (field 2) may hold spaces and parentheses, so fields are
-/// counted from the last `)`.
+/// CPU time of process `pid` and its children: its own, that of the
+/// children it has reaped (`cutime + cstime`) and that of its live
+/// children, so the sum only grows as children come and go. This is how a
+/// forking server such as PostgreSQL's postmaster, with a process per
+/// connection, is measured.
+pub(crate) fn tree_cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut ticks = parse_cpu_ticks(&stat)? + parse_reaped_ticks(&stat)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A child that exits meanwhile is counted by its parent once reaped.
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat"))
+            && parse_parent(&stat) == Some(pid)
+        {
+            ticks += parse_cpu_ticks(&stat).unwrap_or(0);
+        }
+    }
+    Some(std::time::Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
+/// The fields of the text of `/proc/<pid>/stat` after the command name,
+/// which may hold spaces and parentheses: they are counted from the last
+/// `)`, so index 0 is the state (field 3).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace().collect())
+}
+
+/// `utime + stime` (fields 14 and 15) from the text of `/proc/<pid>/stat`,
+/// in ticks.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, so utime (14) and stime (15) are
-    // at indexes 11 and 12 here.
+    let fields = stat_fields(stat)?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// `cutime + cstime` (fields 16 and 17): the CPU time of the children the
+/// process has waited for, in ticks.
+fn parse_reaped_ticks(stat: &str) -> Option<u64> {
+    let fields = stat_fields(stat)?;
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some(cutime + cstime)
+}
+
+/// The parent's process id (field 4).
+pub(crate) fn parse_parent(stat: &str) -> Option<u32> {
+    stat_fields(stat)?.get(1)?.parse().ok()
 }
 
 /// Resident memory of a process, in KiB.
@@ -379,7 +422,15 @@ mod tests {
         let stat = "1234 (sofiia (x) y) S 1 1234 1234 0 -1 4194560 900 0 0 0 250 75 0 0 20 0 9 0 100 1000 200";
         assert_eq!(parse_cpu_ticks(stat), Some(325));
         assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert_eq!(parse_reaped_ticks(stat), Some(0));
+        assert_eq!(parse_parent(stat), Some(1));
+        let parent =
+            "77 (postgres) S 1 77 77 0 -1 4194304 55561 4474397 0 183 24 274 9885 10981 20 0 1 0";
+        assert_eq!(parse_cpu_ticks(parent), Some(298));
+        assert_eq!(parse_reaped_ticks(parent), Some(20_866));
         assert!(cpu_time(std::process::id()).is_some());
+        let own = cpu_time(std::process::id()).unwrap();
+        assert!(tree_cpu_time(std::process::id()).unwrap() >= own);
     }
 
     #[test]

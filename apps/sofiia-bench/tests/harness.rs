@@ -35,6 +35,9 @@ fn bench(args: &[&str]) -> Output {
     if let Ok(url) = std::env::var("SOFIIA_TEST_REDIS_URL") {
         cmd.env("SOFIIA_BENCH_REDIS_URL", url);
     }
+    if let Ok(url) = std::env::var("SOFIIA_TEST_POSTGRES_URL") {
+        cmd.env("SOFIIA_BENCH_POSTGRES_URL", url);
+    }
     let out = cmd.output().expect("sofiia-bench runs");
     assert!(
         out.status.success(),
@@ -69,9 +72,16 @@ fn redis_wanted() -> bool {
     std::env::var("SOFIIA_TEST_REDIS_URL").is_ok()
 }
 
+/// The PostgreSQL scenario needs Redis too.
+fn postgres_wanted() -> bool {
+    redis_wanted() && std::env::var("SOFIIA_TEST_POSTGRES_URL").is_ok()
+}
+
 #[test]
 fn load_rounds_print_every_scenario_against_the_baseline() {
-    let scenarios = if redis_wanted() {
+    let scenarios = if postgres_wanted() {
+        "embedded,redis,postgres,replay,health"
+    } else if redis_wanted() {
         "embedded,redis,replay,health"
     } else {
         "embedded,replay,health"
@@ -98,6 +108,9 @@ fn load_rounds_print_every_scenario_against_the_baseline() {
     let mut labels = vec!["(a) send, embedded defaults", "(c) idempotent replay"];
     if redis_wanted() {
         labels.push("(b) send, Redis backends");
+    }
+    if postgres_wanted() {
+        labels.push("(f) send, audit and chat index on PostgreSQL, keys and quotas on Redis");
     }
     labels.push("(e) GET /api/health");
     for label in labels {
@@ -132,6 +145,12 @@ fn load_rounds_print_every_scenario_against_the_baseline() {
             report.contains("keys the run wrote under `sofiia-bench:")
                 && report.contains("; 0 left."),
             "the Redis keys were not cleaned up:\n{report}"
+        );
+    }
+    if postgres_wanted() {
+        assert!(
+            report.contains("PostgreSQL: dropped the database `sofiia_bench_"),
+            "the run's database was not dropped:\n{report}"
         );
     }
 }
