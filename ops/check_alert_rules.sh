@@ -17,21 +17,12 @@ cd "$(dirname "$0")/.."
 RULES=deploy/prometheus/sofiia-alerts.yml
 TESTS=deploy/prometheus/sofiia-alerts.test.yml
 
-skip_or_fail() {
-  echo "SKIP: promtool not available ($1)"
-  if [[ "${REQUIRE_PROMTOOL:-0}" == "1" ]]; then
-    echo "FAIL: REQUIRE_PROMTOOL=1 and promtool is not available"
-    exit 1
-  fi
-  exit 0
-}
-
 # shellcheck source=ops/lib/promtool.sh
 source ops/lib/promtool.sh
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 promtool=""
-find_promtool "$tmp" || skip_or_fail "see above"
+find_promtool "$tmp" || skip_or_fail promtool REQUIRE_PROMTOOL "see above"
 
 echo "promtool: $promtool ($("$promtool" --version 2>&1 | head -n 1))"
 

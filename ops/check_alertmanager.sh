@@ -20,21 +20,12 @@ cd "$(dirname "$0")/.."
 CONFIG=deploy/alertmanager/alertmanager.yml
 RULES=deploy/prometheus/sofiia-alerts.yml
 
-skip_or_fail() {
-  echo "SKIP: amtool not available ($1)"
-  if [[ "${REQUIRE_AMTOOL:-0}" == "1" ]]; then
-    echo "FAIL: REQUIRE_AMTOOL=1 and amtool is not available"
-    exit 1
-  fi
-  exit 0
-}
-
 # shellcheck source=ops/lib/promtool.sh
 source ops/lib/promtool.sh
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 amtool=""
-find_amtool "$tmp" || skip_or_fail "see above"
+find_amtool "$tmp" || skip_or_fail amtool REQUIRE_AMTOOL "see above"
 echo "amtool: $amtool ($("$amtool" --version 2>&1 | head -n 1))"
 
 status=0

@@ -61,6 +61,18 @@ find_tool() {
   found="$dir/root/usr/bin/$binary"
 }
 
+# skip_or_fail TOOL REQUIRE_VARIABLE WHY: says the check is skipped and
+# exits 0, or fails it (exit 1) when REQUIRE_VARIABLE is 1.
+skip_or_fail() {
+  local tool="$1" variable="$2"
+  echo "SKIP: $tool not available ($3)"
+  if [[ "${!variable:-0}" == "1" ]]; then
+    echo "FAIL: $variable=1 and $tool is not available"
+    exit 1
+  fi
+  exit 0
+}
+
 find_promtool() {
   local found=""
   find_tool "$1" promtool prometheus PROMTOOL || return 1

@@ -217,7 +217,12 @@ pub async fn prune_with(
 /// The store's error (a broken chain is not an error).
 pub async fn audit_verify(settings: &Settings) -> Result<(bool, String), BoxError> {
     let trail = AuditTrail::open(settings).await?;
-    Ok(match trail.store().verify().await? {
+    Ok(verification_line(trail.store().verify().await?))
+}
+
+/// Whether a chain is intact, and the line `audit-verify` prints for it.
+fn verification_line(verification: Verification) -> (bool, String) {
+    match verification {
         Verification::Intact { events } => (
             true,
             format!("audit chain intact: {events} events verified"),
@@ -226,7 +231,7 @@ pub async fn audit_verify(settings: &Settings) -> Result<(bool, String), BoxErro
             false,
             format!("audit chain BROKEN at event {id}: {reason:?}"),
         ),
-    })
+    }
 }
 
 /// Copies the SQLite audit trail of `settings` into the PostgreSQL one
@@ -300,22 +305,10 @@ pub async fn migrate_audit(
             })
             .await?;
     }
-    Ok(match target.verify().await? {
-        Verification::Intact { events } => {
-            writeln!(
-                out,
-                "verified: the PostgreSQL trail holds {events} events in one intact chain"
-            )?;
-            true
-        }
-        Verification::Broken { id, reason } => {
-            writeln!(
-                out,
-                "verification FAILED: the PostgreSQL chain breaks at event {id}: {reason:?}"
-            )?;
-            false
-        }
-    })
+    // The chain in PostgreSQL, as `audit-verify` would report it there.
+    let (intact, line) = verification_line(target.verify().await?);
+    writeln!(out, "postgres: {line}")?;
+    Ok(intact)
 }
 
 /// What `migrate-chat-index` does.

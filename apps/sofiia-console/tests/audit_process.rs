@@ -348,7 +348,7 @@ async fn the_sqlite_trail_moves_to_postgres_whole_and_once() {
     let total = source.len() + 1; // and its audit.migrate event
     assert!(
         out.contains(&format!(
-            "verified: the PostgreSQL trail holds {total} events in one intact chain"
+            "postgres: audit chain intact: {total} events verified"
         )),
         "{out}"
     );

@@ -204,6 +204,8 @@ mod memory;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod stored;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -4,7 +4,6 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
 use sofiia_core_domain::{DynClock, Page, PageLimit, SystemClock, Timestamp};
 use sofiia_postgres_support::tokio_postgres::types::ToSql;
 use sofiia_postgres_support::tokio_postgres::{IsolationLevel, Row};
@@ -12,9 +11,10 @@ use sofiia_postgres_support::{PostgresPool, Schema};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::canonical::{ChainCheck, GENESIS_HASH, compute_hash, outcome_str};
+use crate::stored::{CorruptColumn, StoredEvent};
 use crate::{
-    Anchor, AuditError, AuditEvent, AuditQuery, AuditStore, BreakReason, NewEvent, Outcome,
-    PruneBatch, Result, Verification,
+    Anchor, AuditError, AuditEvent, AuditQuery, AuditStore, BreakReason, NewEvent, PruneBatch,
+    Result, Verification,
 };
 
 /// The schema, one entry per version, recorded in the database's
@@ -68,6 +68,8 @@ static SCHEMA: Schema = Schema {
     );"],
 };
 
+/// The events' table, as errors name it.
+const EVENTS: &str = "audit_events";
 const COLUMNS: &str = "id, ts, actor, action, target, outcome, status, request_id, node, \
     source_ip, user_agent, details, prev_hash, hash";
 const LOCK_HEAD: &str = "SELECT last_id, hash FROM audit_head FOR UPDATE";
@@ -407,7 +409,7 @@ impl AuditStore for PostgresAuditStore {
         let rows = client.query(&stmt, &refs).await.map_err(backend)?;
         let events = rows
             .iter()
-            .map(|r| EventRow::read(r).and_then(EventRow::into_event))
+            .map(|r| into_event(read_event(r)?).map_err(stored_corrupt))
             .collect::<Result<Vec<_>>>()?;
         Ok(Page::from_overfetch(
             events,
@@ -513,7 +515,7 @@ impl AuditStore for PostgresAuditStore {
                 break;
             }
             for row in &rows {
-                let raw = EventRow::read(row)?;
+                let raw = read_event(row)?;
                 let id = raw.id;
                 let broken = |reason| Verification::Broken {
                     id: u64::try_from(id).unwrap_or(0),
@@ -523,7 +525,7 @@ impl AuditStore for PostgresAuditStore {
                     return Ok(broken(reason));
                 }
                 let hash = raw.hash.clone();
-                let Ok(event) = raw.into_event() else {
+                let Ok(event) = into_event(raw) else {
                     return Ok(broken(BreakReason::Unreadable));
                 };
                 if let Some(reason) = chain.check(&event) {
@@ -783,9 +785,8 @@ fn read_statement(query: &AuditQuery) -> (String, Vec<Param>) {
     (sql, params)
 }
 
-/// An `audit_events` row as stored, before validation.
+/// A new event's row, before it is numbered and chained.
 struct EventRow {
-    id: i64,
     ts: i64,
     actor: String,
     action: String,
@@ -797,18 +798,14 @@ struct EventRow {
     source_ip: Option<String>,
     user_agent: Option<String>,
     details: String,
-    prev_hash: String,
-    hash: String,
 }
 
 impl EventRow {
-    /// The row of a new event, before it is numbered and chained.
     fn new(event: &NewEvent) -> Result<Self> {
         let details = serde_json::to_string(&event.details).map_err(|e| AuditError::Backend {
             source: Box::new(e),
         })?;
         Ok(Self {
-            id: 0,
             ts: event.ts.as_unix_millis(),
             actor: to_text(&event.actor),
             action: to_text(&event.action),
@@ -820,69 +817,49 @@ impl EventRow {
             source_ip: event.source_ip.as_deref().map(to_text),
             user_agent: event.user_agent.as_deref().map(to_text),
             details,
-            prev_hash: String::new(),
-            hash: String::new(),
         })
     }
+}
 
-    fn read(row: &Row) -> Result<Self> {
-        let get = |e| corrupt("audit_events", Some(Box::new(e)));
-        Ok(Self {
-            id: row.try_get(0).map_err(get)?,
-            ts: row.try_get(1).map_err(get)?,
-            actor: row.try_get(2).map_err(get)?,
-            action: row.try_get(3).map_err(get)?,
-            target: row.try_get(4).map_err(get)?,
-            outcome: row.try_get(5).map_err(get)?,
-            status: row.try_get(6).map_err(get)?,
-            request_id: row.try_get(7).map_err(get)?,
-            node: row.try_get(8).map_err(get)?,
-            source_ip: row.try_get(9).map_err(get)?,
-            user_agent: row.try_get(10).map_err(get)?,
-            details: row.try_get(11).map_err(get)?,
-            prev_hash: row.try_get(12).map_err(get)?,
-            hash: row.try_get(13).map_err(get)?,
-        })
-    }
+/// An `audit_events` row, read column by column, its strings as stored.
+fn read_event(row: &Row) -> Result<StoredEvent> {
+    let get = |e| corrupt(EVENTS, Some(Box::new(e)));
+    Ok(StoredEvent {
+        id: row.try_get(0).map_err(get)?,
+        ts: row.try_get(1).map_err(get)?,
+        actor: row.try_get(2).map_err(get)?,
+        action: row.try_get(3).map_err(get)?,
+        target: row.try_get(4).map_err(get)?,
+        outcome: row.try_get(5).map_err(get)?,
+        status: row
+            .try_get::<_, Option<i32>>(6)
+            .map_err(get)?
+            .map(i64::from),
+        request_id: row.try_get(7).map_err(get)?,
+        node: row.try_get(8).map_err(get)?,
+        source_ip: row.try_get(9).map_err(get)?,
+        user_agent: row.try_get(10).map_err(get)?,
+        details: row.try_get(11).map_err(get)?,
+        prev_hash: row.try_get(12).map_err(get)?,
+        hash: row.try_get(13).map_err(get)?,
+    })
+}
 
-    fn to_event(&self) -> Result<NewEvent> {
-        let outcome = match self.outcome.as_str() {
-            "ok" => Outcome::Ok,
-            "denied" => Outcome::Denied,
-            "error" => Outcome::Error,
-            _ => return Err(corrupt("audit_events.outcome", None)),
-        };
-        let details: Map<String, Value> = serde_json::from_str(&self.details)
-            .map_err(|e| corrupt("audit_events.details", Some(Box::new(e))))?;
-        Ok(NewEvent {
-            ts: Timestamp::from_unix_millis(self.ts)
-                .map_err(|e| corrupt("audit_events.ts", Some(Box::new(e))))?,
-            actor: from_text(&self.actor)?,
-            action: from_text(&self.action)?,
-            target: from_text(&self.target)?,
-            outcome,
-            status: self
-                .status
-                .map(u16::try_from)
-                .transpose()
-                .map_err(|e| corrupt("audit_events.status", Some(Box::new(e))))?,
-            request_id: self.request_id.as_deref().map(from_text).transpose()?,
-            node: self.node.as_deref().map(from_text).transpose()?,
-            source_ip: self.source_ip.as_deref().map(from_text).transpose()?,
-            user_agent: self.user_agent.as_deref().map(from_text).transpose()?,
-            details,
-        })
+/// The event a row holds: its strings as recorded (see [`ESCAPE`]), every
+/// value validated.
+fn into_event(row: StoredEvent) -> Result<AuditEvent, CorruptColumn> {
+    let optional = |s: Option<String>, column| s.map(|s| from_text(&s, column)).transpose();
+    StoredEvent {
+        actor: from_text(&row.actor, "actor")?,
+        action: from_text(&row.action, "action")?,
+        target: from_text(&row.target, "target")?,
+        request_id: optional(row.request_id, "request_id")?,
+        node: optional(row.node, "node")?,
+        source_ip: optional(row.source_ip, "source_ip")?,
+        user_agent: optional(row.user_agent, "user_agent")?,
+        ..row
     }
-
-    fn into_event(self) -> Result<AuditEvent> {
-        let event = self.to_event()?;
-        Ok(AuditEvent {
-            id: u64::try_from(self.id).map_err(|_| corrupt("audit_events.id", None))?,
-            event,
-            prev_hash: self.prev_hash,
-            hash: self.hash,
-        })
-    }
+    .into_event(EVENTS)
 }
 
 /// PostgreSQL's text cannot hold U+0000, which an event's strings may: it
@@ -912,7 +889,7 @@ fn to_text(s: &str) -> String {
     out
 }
 
-fn from_text(s: &str) -> Result<String> {
+fn from_text(s: &str, column: &'static str) -> Result<String, CorruptColumn> {
     if !s.contains(ESCAPE) {
         return Ok(s.to_owned());
     }
@@ -926,7 +903,13 @@ fn from_text(s: &str) -> Result<String> {
         match chars.next() {
             Some('0') => out.push('\0'),
             Some(ESCAPE) => out.push(ESCAPE),
-            _ => return Err(corrupt("audit_events (an escaped string)", None)),
+            _ => {
+                return Err(CorruptColumn::new(
+                    EVENTS,
+                    column,
+                    "an escape that is not \\u{10FFFF}0 or doubled",
+                ));
+            }
         }
     }
     Ok(out)
@@ -972,6 +955,12 @@ fn corrupt(
 ) -> AuditError {
     AuditError::Backend {
         source: Box::new(CorruptRow { column, source }),
+    }
+}
+
+fn stored_corrupt(e: CorruptColumn) -> AuditError {
+    AuditError::Backend {
+        source: Box::new(e),
     }
 }
 
@@ -1182,10 +1171,10 @@ mod tests {
         ] {
             let stored = to_text(s);
             assert!(!stored.contains('\0'), "{s:?}");
-            assert_eq!(from_text(&stored).unwrap(), s);
+            assert_eq!(from_text(&stored, "actor").unwrap(), s);
         }
         assert_eq!(to_text("plain"), "plain");
-        assert!(from_text("\u{10FFFF}x").is_err());
+        assert!(from_text("\u{10FFFF}x", "actor").is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1431,19 +1420,7 @@ mod tests {
         );
         // Ids follow the chain: each event's prev_hash is the hash of the
         // one with the next lower id, whichever process wrote it.
-        let mut all = Vec::new();
-        let mut query = AuditQuery {
-            limit: PageLimit::new(200).unwrap(),
-            ..AuditQuery::default()
-        };
-        loop {
-            let page = store.read(&query).await.unwrap();
-            all.extend(page.items.iter().cloned());
-            match page.next {
-                Some(next) => query.before_id = Some(next.id().parse().unwrap()),
-                None => break,
-            }
-        }
+        let mut all = everything_in(&store).await;
         all.reverse();
         for pair in all.windows(2) {
             assert_eq!(pair[1].prev_hash, pair[0].hash, "at id {}", pair[1].id);

@@ -17,14 +17,14 @@ use async_trait::async_trait;
 use deadpool_sqlite::PoolError;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde_json::{Map, Value};
 use sofiia_core_domain::{DynClock, Page, SystemClock, Timestamp};
 use sofiia_sqlite_support::{Database, DatabaseOptions, Durability, Schema, WriterOptions, ping};
 
 use crate::canonical::{ChainCheck, GENESIS_HASH, compute_hash, outcome_str};
+use crate::stored::{CorruptColumn, StoredEvent};
 use crate::{
-    Anchor, AuditError, AuditEvent, AuditQuery, AuditStore, BreakReason, NewEvent, Outcome,
-    PruneBatch, Result, Verification,
+    Anchor, AuditError, AuditEvent, AuditQuery, AuditStore, BreakReason, NewEvent, PruneBatch,
+    Result, Verification,
 };
 
 /// The schema, one entry per version, recorded in the file's
@@ -70,6 +70,8 @@ static SCHEMA: Schema = Schema {
     ],
 };
 
+/// The events' table, as errors name it.
+const EVENTS: &str = "events";
 const COLUMNS: &str = "id, ts, actor, action, target, outcome, status, request_id, node, \
     source_ip, user_agent, details, prev_hash, hash";
 const INSERT_EVENT: &str = "INSERT INTO events
@@ -542,9 +544,11 @@ impl AuditStore for SqliteAuditStore {
         let items = self
             .with_read(move |conn| {
                 let mut stmt = conn.prepare_cached(&sql)?;
-                let rows = stmt.query_map(rusqlite::params_from_iter(values), EventRow::read)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(values), read_event)?;
                 let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-                rows.into_iter().map(EventRow::into_event).collect()
+                rows.into_iter()
+                    .map(|row| Ok(row.into_event(EVENTS)?))
+                    .collect()
             })
             .await?;
         Ok(Page::from_overfetch(items, query.limit, AuditEvent::cursor))
@@ -783,13 +787,13 @@ fn verify_chain(conn: &mut Connection) -> Result<Verification, SqliteError> {
     let mut stmt = tx.prepare(VERIFY_SCAN)?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        let raw = EventRow::read(row)?;
+        let raw = read_event(row)?;
         let id = u64::try_from(raw.id).map_err(|_| SqliteError::corrupt("events.id"))?;
         let broken = |reason| Verification::Broken { id, reason };
         if let Some(reason) = chain.check_link(&raw.prev_hash) {
             return Ok(broken(reason));
         }
-        let Ok(event) = raw.into_event() else {
+        let Ok(event) = raw.into_event(EVENTS) else {
             return Ok(broken(BreakReason::Unreadable));
         };
         if let Some(reason) = chain.check(&event) {
@@ -860,83 +864,24 @@ fn read_statement(query: &AuditQuery) -> (String, Vec<SqlValue>) {
     (sql, values)
 }
 
-/// An `events` row as stored, before validation.
-struct EventRow {
-    id: i64,
-    ts: i64,
-    actor: String,
-    action: String,
-    target: String,
-    outcome: String,
-    status: Option<i64>,
-    request_id: Option<String>,
-    node: Option<String>,
-    source_ip: Option<String>,
-    user_agent: Option<String>,
-    details: String,
-    prev_hash: String,
-    hash: String,
-}
-
-impl EventRow {
-    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: row.get(0)?,
-            ts: row.get(1)?,
-            actor: row.get(2)?,
-            action: row.get(3)?,
-            target: row.get(4)?,
-            outcome: row.get(5)?,
-            status: row.get(6)?,
-            request_id: row.get(7)?,
-            node: row.get(8)?,
-            source_ip: row.get(9)?,
-            user_agent: row.get(10)?,
-            details: row.get(11)?,
-            prev_hash: row.get(12)?,
-            hash: row.get(13)?,
-        })
-    }
-
-    fn into_event(self) -> Result<AuditEvent, SqliteError> {
-        let outcome = match self.outcome.as_str() {
-            "ok" => Outcome::Ok,
-            "denied" => Outcome::Denied,
-            "error" => Outcome::Error,
-            _ => return Err(SqliteError::corrupt("events.outcome")),
-        };
-        let details: Map<String, Value> =
-            serde_json::from_str(&self.details).map_err(|e| SqliteError::CorruptRow {
-                column: "events.details",
-                source: Some(Box::new(e)),
-            })?;
-        Ok(AuditEvent {
-            id: u64::try_from(self.id).map_err(|_| SqliteError::corrupt("events.id"))?,
-            event: NewEvent {
-                ts: Timestamp::from_unix_millis(self.ts).map_err(|e| SqliteError::CorruptRow {
-                    column: "events.ts",
-                    source: Some(Box::new(e)),
-                })?,
-                actor: self.actor,
-                action: self.action,
-                target: self.target,
-                outcome,
-                status: self.status.map(u16::try_from).transpose().map_err(|e| {
-                    SqliteError::CorruptRow {
-                        column: "events.status",
-                        source: Some(Box::new(e)),
-                    }
-                })?,
-                request_id: self.request_id,
-                node: self.node,
-                source_ip: self.source_ip,
-                user_agent: self.user_agent,
-                details,
-            },
-            prev_hash: self.prev_hash,
-            hash: self.hash,
-        })
-    }
+/// An `events` row, read column by column.
+fn read_event(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: row.get(0)?,
+        ts: row.get(1)?,
+        actor: row.get(2)?,
+        action: row.get(3)?,
+        target: row.get(4)?,
+        outcome: row.get(5)?,
+        status: row.get(6)?,
+        request_id: row.get(7)?,
+        node: row.get(8)?,
+        source_ip: row.get(9)?,
+        user_agent: row.get(10)?,
+        details: row.get(11)?,
+        prev_hash: row.get(12)?,
+        hash: row.get(13)?,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -957,6 +902,8 @@ enum SqliteError {
     Pool(#[from] PoolError),
     #[error("event details could not be serialised")]
     Details(#[source] serde_json::Error),
+    #[error(transparent)]
+    Stored(#[from] CorruptColumn),
     #[error("a stored value of {column} is invalid")]
     CorruptRow {
         column: &'static str,
