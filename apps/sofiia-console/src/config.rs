@@ -225,6 +225,7 @@ const KNOWN: &[&str] = &[
     "SOFIIA_POSTGRES_URL",
     "SOFIIA_REDIS_URL",
     "SOFIIA_REDIS_PREFIX",
+    "SOFIIA_REDIS_CLUSTER_NODES",
     "SOFIIA_IDEMPOTENCY_BACKEND",
     "SOFIIA_IDEMPOTENCY_TTL_SECS",
     "SOFIIA_IDEMPOTENCY_CAPACITY",
@@ -411,6 +412,14 @@ impl Settings {
             return Err(invalid(
                 "SOFIIA_REDIS_URL",
                 format!("is not a Redis URL such as redis://127.0.0.1:6379 ({e})"),
+            ));
+        }
+        // Named by the contract, not served yet: refused rather than
+        // ignored, so that nobody runs on one Redis believing it a cluster.
+        if get("SOFIIA_REDIS_CLUSTER_NODES").is_some() {
+            return Err(invalid(
+                "SOFIIA_REDIS_CLUSTER_NODES",
+                "Redis Cluster is not supported by this release; use SOFIIA_REDIS_URL",
             ));
         }
         let redis_prefix = get("SOFIIA_REDIS_PREFIX").unwrap_or("sofiia:").to_owned();
@@ -801,6 +810,10 @@ mod tests {
         );
         assert_eq!(error_variable(&[("SOFIIA_WORKERS", "0")]), "SOFIIA_WORKERS");
         for (var, bad) in [
+            (
+                "SOFIIA_REDIS_CLUSTER_NODES",
+                "127.0.0.1:7000,127.0.0.1:7001",
+            ),
             ("SOFIIA_AUDIT_BACKEND", "Postgres"),
             ("SOFIIA_AUDIT_BACKEND", "redis"),
             ("SOFIIA_POSTGRES_URL", "postgres://db:notaport/x"),
