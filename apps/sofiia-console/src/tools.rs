@@ -91,17 +91,18 @@ pub enum AuditTrail {
 }
 
 impl AuditTrail {
-    /// Opens the trail of `settings`. A SQLite trail must exist already
-    /// (an offline command never creates an empty one).
+    /// Opens the trail of `settings`. A SQLite trail that does not exist is
+    /// an error when it `must_exist` (verifying nothing proves nothing), and
+    /// created otherwise.
     ///
     /// # Errors
     ///
     /// The store's error.
-    pub async fn open(settings: &Settings) -> Result<Self, BoxError> {
+    pub async fn open(settings: &Settings, must_exist: bool) -> Result<Self, BoxError> {
         match settings.audit_backend {
             AuditBackend::Sqlite => {
                 let path = sqlite_file(&settings.data_dir, AUDIT_DB);
-                if !path.exists() {
+                if must_exist && !path.exists() {
                     return Err(format!("no audit store at {}", path.display()).into());
                 }
                 Ok(Self::Sqlite(SqliteAuditStore::open(&path).await?))
@@ -135,7 +136,7 @@ pub async fn prune_audit(
     settings: &Settings,
     options: &PruneOptions,
 ) -> Result<PruneReport, BoxError> {
-    let trail = AuditTrail::open(settings).await?;
+    let trail = AuditTrail::open(settings, false).await?;
     prune_with(&trail, &SystemClock, options).await
 }
 
@@ -216,7 +217,7 @@ pub async fn prune_with(
 ///
 /// The store's error (a broken chain is not an error).
 pub async fn audit_verify(settings: &Settings) -> Result<(bool, String), BoxError> {
-    let trail = AuditTrail::open(settings).await?;
+    let trail = AuditTrail::open(settings, true).await?;
     Ok(verification_line(trail.store().verify().await?))
 }
 

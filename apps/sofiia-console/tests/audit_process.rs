@@ -399,3 +399,18 @@ async fn the_sqlite_trail_moves_to_postgres_whole_and_once() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("does not verify"), "{out}");
 }
+
+/// A fresh data dir: the daily prune has nothing to do and succeeds (it
+/// records its run), while a verification of a trail that is not there
+/// fails, naming the file: verifying nothing proves nothing.
+#[test]
+fn prune_on_a_fresh_data_dir_succeeds_and_verify_names_the_missing_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = run(console(dir.path()).args(["prune-audit", "--dry-run"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 audit events"), "{out}");
+    let fresh = tempfile::tempdir().unwrap();
+    let (code, out) = run(console(fresh.path()).arg("audit-verify"));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no audit store at"), "{out}");
+}
