@@ -31,7 +31,7 @@ pub(crate) struct Ready {
     #[schema(pattern = "^ready$")]
     status: &'static str,
     /// Per store (`chat_index`, `idempotency`, `rate_limiter`, `audit`):
-    /// `{"status": "ok"|"error", "backend": "sqlite"|"inmemory"|"redis", "error"?}`.
+    /// `{"status": "ok"|"error", "backend": "sqlite"|"postgres"|"inmemory"|"redis", "error"?}`.
     #[schema(value_type = Object)]
     checks: Map<String, Value>,
     /// Per node, `{"status": "ok"|"error", "error"?}`; informational.
