@@ -37,7 +37,9 @@
 #   cursor-secret      SOFIIA_CURSOR_SECRET set when instances share the Redis
 #                      chat index (WARN otherwise: each instance would refuse
 #                      the others' cursors)
-#   redis              the Redis of the redis backends answers PING
+#   redis              the Redis of the redis backends answers PING; with
+#                      SOFIIA_REDIS_CLUSTER_NODES, every listed node answers
+#                      CLUSTER INFO with cluster_state:ok
 #                      (SKIP when no backend uses Redis)
 #   postgres           the PostgreSQL of the postgres backends accepts a
 #                      session to its database (SKIP when none uses it)
@@ -271,14 +273,24 @@ if [ "${#redis_users[@]}" -eq 0 ]; then
 else
   users="$(printf '%s, ' "${redis_users[@]}")"
   users="${users%, }"
-  shown_url="${cfg_redis_url:-}"
-  # check-config redacts the password; the probe needs the real URL, resolved
-  # as the console resolves it (the environment wins over the env file).
-  redis_url="$(opsutil setting SOFIIA_REDIS_URL "$config_file")" || redis_url="redis://127.0.0.1:6379"
-  if answer="$(opsutil probe-redis "$redis_url" "$probe_timeout")"; then
-    report PASS redis "$shown_url answers PING ($users)"
+  if [ -n "${cfg_redis_cluster_nodes:-}" ]; then
+    # check-config redacts passwords; the probe needs the real list.
+    nodes="$(opsutil setting SOFIIA_REDIS_CLUSTER_NODES "$config_file")" || nodes=""
+    if answer="$(opsutil probe-redis-cluster "$nodes" "$probe_timeout")"; then
+      report PASS redis "Redis Cluster ${cfg_redis_cluster_nodes}: $answer ($users)"
+    else
+      report FAIL redis "Redis Cluster ${cfg_redis_cluster_nodes}: $answer ($users)"
+    fi
   else
-    report FAIL redis "$shown_url does not answer PING ($users): $answer"
+    shown_url="${cfg_redis_url:-}"
+    # check-config redacts the password; the probe needs the real URL, resolved
+    # as the console resolves it (the environment wins over the env file).
+    redis_url="$(opsutil setting SOFIIA_REDIS_URL "$config_file")" || redis_url="redis://127.0.0.1:6379"
+    if answer="$(opsutil probe-redis "$redis_url" "$probe_timeout")"; then
+      report PASS redis "$shown_url answers PING ($users)"
+    else
+      report FAIL redis "$shown_url does not answer PING ($users): $answer"
+    fi
   fi
 fi
 

@@ -7,6 +7,7 @@
     python3 ops/lib/opsutil.py setting NAME [CONFIG_FILE]
     python3 ops/lib/opsutil.py probe-http URL [TIMEOUT_SECS]
     python3 ops/lib/opsutil.py probe-redis URL [TIMEOUT_SECS]
+    python3 ops/lib/opsutil.py probe-redis-cluster NODES [TIMEOUT_SECS]
     python3 ops/lib/opsutil.py probe-postgres URL [TIMEOUT_SECS]
     python3 ops/lib/opsutil.py sqlite-check FILE [integrity_check|quick_check]
     python3 ops/lib/opsutil.py audit-anchor FILE
@@ -230,9 +231,34 @@ def resp_line(sock) -> str:
     return data[:-2].decode("utf-8", "replace")
 
 
-def probe_redis(url: str, timeout: float) -> None:
-    """PING (after AUTH when the URL carries credentials), as the console's
-    pool does; prints PONG."""
+def resp_reply(sock) -> str:
+    """One reply: a status or error line as it is (`+OK`, `-ERR ...`), a
+    bulk string's text."""
+    line = resp_line(sock)
+    if not line.startswith("$"):
+        return line
+    size = int(line[1:])
+    if size < 0:
+        return ""
+    data = b""
+    while len(data) < size + 2:
+        chunk = sock.recv(size + 2 - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed by the server")
+        data += chunk
+    return data[:-2].decode("utf-8", "replace")
+
+
+class RedisProbeError(Exception):
+    """Why a Redis could not be asked: the message says it without a secret."""
+
+
+def redis_session(url: str, timeout: float):
+    """A socket to the Redis at `url` (a URL, or `host:port`), logged in
+    when the URL carries credentials, as the console's connection is.
+    Raises RedisProbeError when that fails."""
+    if "://" not in url:
+        url = "redis://" + url
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qs(parts.query)
     user = password = None
@@ -258,25 +284,70 @@ def probe_redis(url: str, timeout: float) -> None:
             sock.settimeout(timeout)
             sock.connect(parts.path)
         else:
-            fail(f"unsupported scheme {parts.scheme!r}")
+            raise RedisProbeError(f"unsupported scheme {parts.scheme!r}")
         sock.settimeout(timeout)
-        with sock:
-            if password:
-                auth = ("AUTH", user, password) if user else ("AUTH", password)
-                sock.sendall(resp_command(*auth))
-                reply = resp_line(sock)
-                if not reply.startswith("+"):
-                    fail(f"refused AUTH: {reply.lstrip('-')}")
-            sock.sendall(resp_command("PING"))
+        if password:
+            auth = ("AUTH", user, password) if user else ("AUTH", password)
+            sock.sendall(resp_command(*auth))
             reply = resp_line(sock)
-    except SystemExit:
+            if not reply.startswith("+"):
+                sock.close()
+                raise RedisProbeError(f"refused AUTH: {reply.lstrip('-')}")
+        return sock
+    except RedisProbeError:
         raise
-    except BaseException as e:  # noqa: BLE001 - every failure is a result
-        fail(describe_error(e, host, timeout))
+    except Exception as e:  # noqa: BLE001 - every failure is a result
+        raise RedisProbeError(describe_error(e, host, timeout)) from e
+
+
+def redis_ask(url: str, timeout: float, *command: str) -> str:
+    """The reply of the Redis at `url` to one command; raises
+    RedisProbeError when it cannot be had."""
+    sock = redis_session(url, timeout)
+    try:
+        with sock:
+            sock.sendall(resp_command(*command))
+            return resp_reply(sock)
+    except Exception as e:  # noqa: BLE001 - every failure is a result
+        raise RedisProbeError(describe_error(e, redact_url(url), timeout)) from e
+
+
+def probe_redis(url: str, timeout: float) -> None:
+    """PING (after AUTH when the URL carries credentials), as the console's
+    connection does; prints PONG."""
+    try:
+        reply = redis_ask(url, timeout, "PING")
+    except RedisProbeError as e:
+        fail(str(e))
     if reply == "+PONG":
         print("PONG")
     else:
         fail(f"answered {reply.lstrip('-+')!r} instead of PONG")
+
+
+def probe_redis_cluster(nodes: str, timeout: float) -> None:
+    """`CLUSTER INFO` on every node of a `SOFIIA_REDIS_CLUSTER_NODES` list:
+    each must answer and report `cluster_state:ok` (every slot served).
+    Prints the nodes' count and the cluster's size."""
+    listed = [n.strip() for n in nodes.split(",") if n.strip()]
+    if not listed:
+        fail("no node listed")
+    size = "?"
+    for node in listed:
+        shown = redact_url(node)
+        try:
+            info = redis_ask(node, timeout, "CLUSTER", "INFO")
+        except RedisProbeError as e:
+            fail(f"{shown}: {e}")
+        if info.startswith("-"):
+            fail(f"{shown} is not a cluster node: {info.lstrip('-')}")
+        fields = dict(
+            line.split(":", 1) for line in info.splitlines() if ":" in line
+        )
+        if fields.get("cluster_state") != "ok":
+            fail(f"{shown} reports cluster_state:{fields.get('cluster_state', '?')}")
+        size = fields.get("cluster_size", size)
+    print(f"{len(listed)} node(s) answer, cluster_state ok, {size} primaries serving slots")
 
 
 def probe_postgres(url: str, timeout: float) -> None:
@@ -506,6 +577,8 @@ def main() -> None:
             probe_http(args[0], float(args[1]) if len(args) > 1 else 2.0)
         elif cmd == "probe-redis" and len(args) in (1, 2):
             probe_redis(args[0], float(args[1]) if len(args) > 1 else 2.0)
+        elif cmd == "probe-redis-cluster" and len(args) in (1, 2):
+            probe_redis_cluster(args[0], float(args[1]) if len(args) > 1 else 2.0)
         elif cmd == "probe-postgres" and len(args) in (1, 2):
             probe_postgres(args[0], float(args[1]) if len(args) > 1 else 2.0)
         elif cmd == "sqlite-check" and len(args) in (1, 2):

@@ -93,8 +93,11 @@ def secrets(config_file: str) -> list:
                         found.add(f.readline().strip())
                 except OSError:
                     pass
-        url = values.get("SOFIIA_REDIS_URL", "")
-        if url:
+        urls = [values.get("SOFIIA_REDIS_URL", "")]
+        urls += values.get("SOFIIA_REDIS_CLUSTER_NODES", "").split(",")
+        for url in (u.strip() for u in urls):
+            if "://" not in url:
+                continue
             parts = urllib.parse.urlsplit(url)
             if parts.password:
                 found.add(parts.password)
@@ -302,7 +305,9 @@ def main() -> int:
             ("PostgreSQL", config.get("postgres_url") or "not used"),
             ("idempotency backend", f"{config.get('idempotency_backend')} (replayed for {config.get('idempotency_ttl_secs')} s)"),
             ("rate-limit backend", f"{config.get('rate_limit_backend')} (chat {config.get('rate_limit_chat')}, operator {config.get('rate_limit_operator')}, fail mode {config.get('rate_limit_fail_mode')})"),
-            ("Redis", f"{config.get('redis_url')} (prefix `{config.get('redis_prefix')}`)" if config.get("redis_url") else "not used"),
+            ("Redis", f"{config.get('redis_url')} (prefix `{config.get('redis_prefix')}`)" if config.get("redis_url")
+             else f"Redis Cluster {config.get('redis_cluster_nodes')} (prefix `{config.get('redis_prefix')}`)" if config.get("redis_cluster_nodes")
+             else "not used"),
             ("unknown SOFIIA_ variables", ", ".join(config.get("unknown_variables") or []) or "none"),
         ]
         w("From `sofiia-console check-config` (no secrets: token and key values are never printed).\n")
@@ -329,6 +334,8 @@ def main() -> int:
             risks.append("Rate limits are per instance (`inmemory`): multi-instance consistency needs `SOFIIA_RATE_LIMIT_BACKEND=redis`.")
         elif config.get("rate_limit_fail_mode") == "open":
             risks.append("Rate-limit fail mode is `open`: while Redis is down, sends are not limited.")
+        if config.get("redis_cluster_nodes"):
+            risks.append("Keys and quotas are on a Redis Cluster: a primary that is down makes the sends whose keys it holds answer 503 until a replica takes over (give each primary a replica); a send refused by one primary's bucket briefly holds another's charge, so a concurrent send may be refused early, never allowed beyond its quota.")
         if config.get("audit_backend") == "postgres":
             risks.append("The audit trail is in PostgreSQL, one chain shared by every instance: back the database up, and keep the newest hash below off the host (someone who can rewrite the whole table can forge a chain that verifies).")
         else:

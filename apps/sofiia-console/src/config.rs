@@ -156,8 +156,12 @@ pub struct Settings {
     pub audit_backend: AuditBackend,
     /// `SOFIIA_POSTGRES_URL`: the database of every postgres backend.
     pub postgres_url: String,
-    /// `SOFIIA_REDIS_URL`: the Redis of every redis backend.
+    /// `SOFIIA_REDIS_URL`: the Redis of every redis backend, unless
+    /// `SOFIIA_REDIS_CLUSTER_NODES` is set.
     pub redis_url: String,
+    /// `SOFIIA_REDIS_CLUSTER_NODES`: the Redis Cluster of every redis
+    /// backend instead of `SOFIIA_REDIS_URL` (`host:port,...`, or URLs).
+    pub redis_cluster_nodes: Option<String>,
     /// `SOFIIA_REDIS_PREFIX`: the prefix of every key the console writes,
     /// so several deployments can share one Redis.
     pub redis_prefix: String,
@@ -414,12 +418,15 @@ impl Settings {
                 format!("is not a Redis URL such as redis://127.0.0.1:6379 ({e})"),
             ));
         }
-        // Named by the contract, not served yet: refused rather than
-        // ignored, so that nobody runs on one Redis believing it a cluster.
-        if get("SOFIIA_REDIS_CLUSTER_NODES").is_some() {
+        let redis_cluster_nodes = get("SOFIIA_REDIS_CLUSTER_NODES").map(str::to_owned);
+        if let Some(nodes) = &redis_cluster_nodes
+            && let Err(e) = sofiia_redis_support::parse_cluster_nodes(nodes)
+        {
             return Err(invalid(
                 "SOFIIA_REDIS_CLUSTER_NODES",
-                "Redis Cluster is not supported by this release; use SOFIIA_REDIS_URL",
+                format!(
+                    "is not a list of Redis Cluster nodes such as 10.0.0.1:7000,10.0.0.2:7000 ({e})"
+                ),
             ));
         }
         let redis_prefix = get("SOFIIA_REDIS_PREFIX").unwrap_or("sofiia:").to_owned();
@@ -589,6 +596,7 @@ impl Settings {
             audit_backend,
             postgres_url,
             redis_url,
+            redis_cluster_nodes,
             redis_prefix,
             idempotency_backend,
             idempotency_ttl,
@@ -810,10 +818,12 @@ mod tests {
         );
         assert_eq!(error_variable(&[("SOFIIA_WORKERS", "0")]), "SOFIIA_WORKERS");
         for (var, bad) in [
+            ("SOFIIA_REDIS_CLUSTER_NODES", ""),
             (
                 "SOFIIA_REDIS_CLUSTER_NODES",
-                "127.0.0.1:7000,127.0.0.1:7001",
+                "127.0.0.1:7000,http://127.0.0.1:7001",
             ),
+            ("SOFIIA_REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000/2"),
             ("SOFIIA_AUDIT_BACKEND", "Postgres"),
             ("SOFIIA_AUDIT_BACKEND", "redis"),
             ("SOFIIA_POSTGRES_URL", "postgres://db:notaport/x"),
@@ -864,8 +874,21 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.redis_url, "redis://10.0.0.5:6380/2");
+        assert_eq!(s.redis_cluster_nodes, None);
         assert_eq!(s.redis_prefix, "prod:");
         assert_eq!(s.idempotency_backend, IdempotencyBackend::Sqlite);
+        let cluster = Settings::from_vars(&vars(&[
+            ("SOFIIA_IDEMPOTENCY_BACKEND", "redis"),
+            (
+                "SOFIIA_REDIS_CLUSTER_NODES",
+                "10.0.0.5:7000, redis://:pw@10.0.0.6:7000",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            cluster.redis_cluster_nodes.as_deref(),
+            Some("10.0.0.5:7000, redis://:pw@10.0.0.6:7000")
+        );
         for bad in [
             "Redis",
             "REDIS",

@@ -187,8 +187,10 @@ pub async fn open_stores(
     // them; it connects on first use, so a Redis that is down at start makes
     // the readiness probe fail, not the start.
     let redis = if settings.uses_redis() {
-        info!(logger, "redis backends enabled"; "prefix" => settings.redis_prefix.as_str());
-        Some(redis_connection(&settings.redis_url)?)
+        let conn = redis_connection(settings)?;
+        info!(logger, "redis backends enabled";
+            "server" => conn.server(), "prefix" => settings.redis_prefix.as_str());
+        Some(conn)
     } else {
         None
     };
@@ -460,11 +462,15 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
 /// [`SendParts::check_before_node`]), one question per server: every
 /// PostgreSQL store shares one pool, and every Redis backend one
 /// connection, which the send's key reservation has just used when the
-/// keys are in Redis too.
+/// keys are in Redis too. On a Redis Cluster the key and the chat index
+/// live on different primaries, so the index is asked all the same.
 fn remote_stores(settings: &Settings) -> RemoteStores {
     let chat_index = match settings.chat_index_backend {
         ChatIndexBackend::Postgres => true,
-        ChatIndexBackend::Redis => settings.idempotency_backend != IdempotencyBackend::Redis,
+        ChatIndexBackend::Redis => {
+            settings.idempotency_backend != IdempotencyBackend::Redis
+                || settings.redis_cluster_nodes.is_some()
+        }
         ChatIndexBackend::Sqlite | ChatIndexBackend::InMemory => false,
     };
     let audit = settings.audit_backend == AuditBackend::Postgres
@@ -541,16 +547,24 @@ const PURGE_BATCH: usize = 10_000;
 /// dropped first, and a dropped idle bucket is indistinguishable from a new one.
 const RATE_LIMIT_CAPACITY: usize = 100_000;
 
-/// The one connection every Redis backend shares: concurrent calls are
+/// The one connection every Redis backend shares, to `SOFIIA_REDIS_URL` or
+/// to the Redis Cluster of `SOFIIA_REDIS_CLUSTER_NODES`: concurrent calls are
 /// pipelined on it, and it is opened again by itself after Redis comes
 /// back. Every call carries the store deadline, so an unreachable Redis
 /// answers 503 quickly instead of holding requests.
 ///
 /// # Errors
 ///
-/// [`StartError::Redis`] for a URL that is not a Redis address.
-pub fn redis_connection(url: &str) -> Result<sofiia_redis_support::RedisConnection, StartError> {
-    sofiia_redis_support::RedisConnection::open(url).map_err(|e| StartError::Redis(e.to_string()))
+/// [`StartError::Redis`] for a URL or node list that is not a Redis
+/// address.
+pub fn redis_connection(
+    settings: &Settings,
+) -> Result<sofiia_redis_support::RedisConnection, StartError> {
+    match &settings.redis_cluster_nodes {
+        Some(nodes) => sofiia_redis_support::RedisConnection::open_cluster(nodes),
+        None => sofiia_redis_support::RedisConnection::open(&settings.redis_url),
+    }
+    .map_err(|e| StartError::Redis(e.to_string()))
 }
 
 /// The actix-web application over `state`: every route, the request
@@ -817,6 +831,15 @@ mod tests {
                 ("SOFIIA_IDEMPOTENCY_BACKEND", "redis"),
             ]),
             (false, false)
+        );
+        // Not on a cluster: the index's slot has a primary of its own.
+        assert_eq!(
+            remote(&[
+                ("SOFIIA_CHAT_INDEX_BACKEND", "redis"),
+                ("SOFIIA_IDEMPOTENCY_BACKEND", "redis"),
+                ("SOFIIA_REDIS_CLUSTER_NODES", "127.0.0.1:7000"),
+            ]),
+            (true, false)
         );
     }
 

@@ -396,12 +396,13 @@ impl IndexAt {
                 (Box::new(SqliteChatIndex::open(&path).await?), place)
             }
             IndexAt::Redis => {
-                let conn = crate::server::redis_connection(&settings.redis_url)?;
-                let place = format!(
-                    "{} (prefix {})",
-                    redact_url(&settings.redis_url),
-                    settings.redis_prefix
-                );
+                let conn = crate::server::redis_connection(settings)?;
+                let server = if conn.is_cluster() {
+                    conn.server().to_owned()
+                } else {
+                    redact_url(&settings.redis_url)
+                };
+                let place = format!("{server} (prefix {})", settings.redis_prefix);
                 let store = RedisChatIndex::new(conn, settings.redis_prefix.clone());
                 (Box::new(store), place)
             }
@@ -854,7 +855,21 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
             RateLimitFailMode::Open => "open",
         },
         "postgres_url": settings.uses_postgres().then(|| redact_url(&settings.postgres_url)),
-        "redis_url": settings.uses_redis().then(|| redact_url(&settings.redis_url)),
+        "redis_url": (settings.uses_redis() && settings.redis_cluster_nodes.is_none())
+            .then(|| redact_url(&settings.redis_url)),
+        "redis_cluster_nodes": settings
+            .redis_cluster_nodes
+            .as_deref()
+            .filter(|_| settings.uses_redis())
+            .map(|nodes| {
+                nodes
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(redact_url)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
         "redis_prefix": settings.redis_prefix,
         "unknown_variables": settings.unknown_variables,
     }))
@@ -1092,7 +1107,19 @@ mod tests {
         assert_eq!(report["store_timeout_ms"], 2000);
         assert_eq!(report["shutdown_timeout_secs"], 43);
         assert_eq!(redis_report["redis_url"], "redis://***@127.0.0.1:6379");
-        let text = format!("{report}{redis_report}");
+        assert!(redis_report["redis_cluster_nodes"].is_null());
+        let mut cluster_vars = vars.clone();
+        cluster_vars.insert(
+            "SOFIIA_REDIS_CLUSTER_NODES".to_owned(),
+            "10.0.0.1:7000, redis://:hunter2@10.0.0.2:7000,".to_owned(),
+        );
+        let cluster_report = config_report(&Settings::from_vars(&cluster_vars).unwrap()).unwrap();
+        assert!(cluster_report["redis_url"].is_null());
+        assert_eq!(
+            cluster_report["redis_cluster_nodes"],
+            "10.0.0.1:7000,redis://***@10.0.0.2:7000"
+        );
+        let text = format!("{report}{redis_report}{cluster_report}");
         for secret in ["token-alice", "audit-key-0123", "hunter2", "cursor-key"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }

@@ -160,7 +160,7 @@ async fn message_pages(store: &DynChatIndexStore, chat: &ChatId, size: u64) -> V
 /// snapshots hold the same data, whatever order it was written in.
 async fn snapshot(redis: &RedisTestContext) -> BTreeMap<String, Vec<Vec<u8>>> {
     use deadpool_redis::redis;
-    let mut conn = redis.conn.manager();
+    let mut conn = redis.conn.handle();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}*", redis.prefix))
         .query_async(&mut conn)

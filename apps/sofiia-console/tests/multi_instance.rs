@@ -2,7 +2,10 @@
 //! (idempotency, rate limits and the chat index), behave as one console:
 //! what is written through one is read through the other, a send is
 //! replayed by the other, quotas hold across both, and one key reaches the
-//! node once however the sends are spread.
+//! node once however the sends are spread. Each runs twice: on one Redis
+//! server and on a three-primary Redis Cluster. The recommended shape, the
+//! audit trail and the chat index on PostgreSQL with keys and quotas on a
+//! Redis Cluster, is checked the same way at the end.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -20,8 +23,9 @@ use common::process::{ConsoleProcess, clean_command};
 use common::{ALICE, AUDIT_KEY, BOB, stub, stub_with};
 
 /// A console process of its own, with a data dir of its own (its audit
-/// trail is per instance) and every Redis backend on the test Redis under
-/// the context's prefix, with the cursor secret the instances share.
+/// trail is per instance) and every Redis backend on the context's Redis
+/// (server or cluster) under its prefix, with the cursor secret the
+/// instances share.
 /// Killed on drop.
 struct Instance {
     _process: ConsoleProcess,
@@ -43,7 +47,14 @@ impl Instance {
                 "SOFIIA_NODES",
                 format!("{}={}", node.name(), node.base_url()),
             )
-            .env("SOFIIA_REDIS_URL", &redis.url)
+            .env(
+                if redis.cluster {
+                    "SOFIIA_REDIS_CLUSTER_NODES"
+                } else {
+                    "SOFIIA_REDIS_URL"
+                },
+                &redis.url,
+            )
             .env("SOFIIA_REDIS_PREFIX", &redis.prefix)
             .env("SOFIIA_CHAT_INDEX_BACKEND", "redis")
             .env("SOFIIA_IDEMPOTENCY_BACKEND", "redis")
@@ -133,13 +144,39 @@ fn items(pages: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chat_written_through_a_is_listed_paged_and_read_through_b() {
-    let Some(redis) =
-        RedisTestContext::new("a_chat_written_through_a_is_listed_paged_and_read_through_b").await
-    else {
-        return;
+/// Runs each case on one Redis server and on the process's Redis Cluster.
+macro_rules! on_redis_and_cluster {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_one_server() {
+                    if let Some(redis) = RedisTestContext::new(stringify!($case)).await {
+                        super::$case(redis).await;
+                    }
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_a_cluster() {
+                    if let Some(redis) = RedisTestContext::cluster(stringify!($case)).await {
+                        super::$case(redis).await;
+                    }
+                }
+            }
+        )*
     };
+}
+
+on_redis_and_cluster!(
+    a_chat_written_through_a_is_listed_paged_and_read_through_b,
+    a_send_to_a_is_replayed_by_b,
+    quotas_hold_across_both_processes,
+    concurrent_same_key_sends_across_both_reach_the_node_once,
+);
+
+async fn a_chat_written_through_a_is_listed_paged_and_read_through_b(redis: RedisTestContext) {
     let node = stub("NODA1").await;
     let quota = [
         ("SOFIIA_RATE_LIMIT_CHAT", "1000/min"),
@@ -228,11 +265,7 @@ async fn a_chat_written_through_a_is_listed_paged_and_read_through_b() {
     assert_eq!(from_a, from_b);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_to_a_is_replayed_by_b() {
-    let Some(redis) = RedisTestContext::new("a_send_to_a_is_replayed_by_b").await else {
-        return;
-    };
+async fn a_send_to_a_is_replayed_by_b(redis: RedisTestContext) {
     let node = stub("NODA1").await;
     let a = Instance::start(&redis, &node, &[]);
     let b = Instance::start(&redis, &node, &[]);
@@ -251,11 +284,7 @@ async fn a_send_to_a_is_replayed_by_b() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quotas_hold_across_both_processes() {
-    let Some(redis) = RedisTestContext::new("quotas_hold_across_both_processes").await else {
-        return;
-    };
+async fn quotas_hold_across_both_processes(redis: RedisTestContext) {
     let node = stub("NODA1").await;
     let quota = [
         ("SOFIIA_RATE_LIMIT_CHAT", "5/min"),
@@ -287,13 +316,7 @@ async fn quotas_hold_across_both_processes() {
     assert_eq!(chat["message_count"], 10);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_same_key_sends_across_both_reach_the_node_once() {
-    let Some(redis) =
-        RedisTestContext::new("concurrent_same_key_sends_across_both_reach_the_node_once").await
-    else {
-        return;
-    };
+async fn concurrent_same_key_sends_across_both_reach_the_node_once(redis: RedisTestContext) {
     // Slow enough that the sends overlap the first one in flight.
     let node = stub_with("NODA1", Duration::from_millis(300), None).await;
     let a = Instance::start(&redis, &node, &[]);
@@ -327,7 +350,7 @@ async fn concurrent_same_key_sends_across_both_reach_the_node_once() {
 
 // ---------------------------------------------------------------------------
 // The recommended shape: the audit trail and the chat index on PostgreSQL,
-// idempotency keys and quotas on Redis.
+// idempotency keys and quotas on a Redis Cluster.
 
 /// The variables that put the audit trail and the chat index on `db`.
 fn on_postgres<'a>(
@@ -390,7 +413,7 @@ fn audit_verify(db: &PostgresTestDatabase) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_two_instances_keep_one_trail_one_index_and_one_node_call_per_key() {
     let test = "on_postgres_two_instances_keep_one_trail";
-    let Some(redis) = RedisTestContext::new(test).await else {
+    let Some(redis) = RedisTestContext::cluster(test).await else {
         return;
     };
     let Some(db) = PostgresTestDatabase::new(test).await else {
@@ -457,6 +480,10 @@ async fn on_postgres_two_instances_keep_one_trail_one_index_and_one_node_call_pe
         }
     }
     assert_eq!(node.call_count(), 1001);
+    // The keys and buckets are on the cluster, spread over its primaries.
+    let held = redis.keys_per_node();
+    assert!(held.iter().all(|&n| n > 0), "{held:?}");
+    assert!(held.iter().sum::<usize>() >= 1001, "{held:?}");
 
     // One index: the chats' counts as both see them.
     for chat in 0..10 {
@@ -523,7 +550,7 @@ async fn on_postgres_two_instances_keep_one_trail_one_index_and_one_node_call_pe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_chat_quota_holds_across_both_instances() {
     let test = "on_postgres_a_chat_quota_holds";
-    let Some(redis) = RedisTestContext::new(test).await else {
+    let Some(redis) = RedisTestContext::cluster(test).await else {
         return;
     };
     let Some(db) = PostgresTestDatabase::new(test).await else {

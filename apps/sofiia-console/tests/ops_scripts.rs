@@ -433,6 +433,49 @@ async fn preflight_fails_when_redis_is_down() {
     assert_eq!(out.last_line(), "RESULT: FAIL", "{out}");
 }
 
+/// On a Redis Cluster the preflight asks every listed node for the
+/// cluster's state; a node that does not answer fails it, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_checks_every_node_of_a_redis_cluster() {
+    let Some(redis) =
+        RedisTestContext::cluster("preflight_checks_every_node_of_a_redis_cluster").await
+    else {
+        return;
+    };
+    let mut deployment = Deployment::new("redis://127.0.0.1:1", &redis.prefix).await;
+    deployment.set("SOFIIA_REDIS_CLUSTER_NODES", &redis.url);
+    let out = run(deployment.script("preflight_sofiia_console.sh", &[]));
+    assert!(
+        has_line(
+            &out,
+            &format!(
+                "PASS redis: Redis Cluster {}: 3 node(s) answer, cluster_state ok, 3 primaries serving slots (idempotency, rate limit)",
+                redis.url
+            )
+        ),
+        "{out}"
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nodes = format!("{},127.0.0.1:{closed}", redis.url);
+    deployment.set("SOFIIA_REDIS_CLUSTER_NODES", &nodes);
+    let out = run(deployment
+        .script("preflight_sofiia_console.sh", &[])
+        .env("STRICT", "1"));
+    assert_eq!(out.code, 1, "{out}");
+    assert_eq!(
+        out.with_status("FAIL"),
+        [format!(
+            "FAIL redis: Redis Cluster {nodes}: 127.0.0.1:{closed}: connection refused (idempotency, rate limit)"
+        )],
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_fails_when_a_node_does_not_answer() {
     let Some(redis) = RedisTestContext::new("preflight_fails_when_a_node_does_not_answer").await

@@ -267,7 +267,7 @@ fn bench_redis(c: &mut Criterion, rt: &tokio::runtime::Runtime, n: usize) {
 #[cfg(feature = "redis")]
 async fn memory_usage(redis: &sofiia_testkit::RedisTestContext) -> u64 {
     use deadpool_redis::redis;
-    let mut conn = redis.conn.manager();
+    let mut conn = redis.conn.handle();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}*", redis.prefix))
         .query_async(&mut conn)

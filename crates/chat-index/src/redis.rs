@@ -89,16 +89,15 @@ const BODY_VERSION: &str = "1";
 ///
 /// A script may only touch keys of one hash slot. An append changes the
 /// chat's keys, the global `activity` sorted set and the global
-/// `message-chat` hash in one step; no tag per chat could put those in one
-/// slot for every chat. So every key of one index carries the one tag
-/// `{chat-index}` and the whole index lives in one slot, on one primary:
-/// appends and pages stay atomic and exact across the cluster, but the
-/// index does not spread over the cluster's nodes (it scales up, not out).
-/// The list scripts read the chat hashes of the page they found, keys not
-/// declared up front; being in the same slot, that is allowed. The
-/// connection here is to one server; the layout is ready for a cluster
-/// client. Run separate prefixes (separate indexes) if one primary ever
-/// becomes too small.
+/// `message-chat` hash in one step: these keys must meet, and no tag per
+/// chat could put them in one slot for every chat. So every key of one
+/// index carries the one tag `{chat-index}`, and on a cluster
+/// ([`RedisConnection::open_cluster`]) the whole index lives in one slot,
+/// on one primary (and its replicas): appends and pages stay atomic and
+/// exact, but the index scales up, not out. The list scripts read the chat
+/// hashes of the page they found, keys not declared up front; being in the
+/// same slot, that is allowed. Run separate prefixes (separate indexes) if
+/// one primary ever becomes too small, or keep the index in PostgreSQL.
 ///
 /// # Requirements and failures
 ///
@@ -974,6 +973,36 @@ mod tests {
 
     crate::chat_index_store_tests!(fresh_store);
 
+    /// The same suite on a three-primary Redis Cluster, the whole index in
+    /// the one slot of its tag.
+    mod on_cluster {
+        use super::*;
+
+        async fn fresh_store() -> Option<TestStore> {
+            let redis = RedisTestContext::cluster("sofiia-chat-index redis cluster suite").await?;
+            let store = RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone());
+            Some(TestStore::with_guard(store, redis))
+        }
+
+        crate::chat_index_store_tests!(fresh_store);
+
+        #[tokio::test]
+        async fn the_whole_index_lives_on_one_primary() {
+            let Some(redis) = RedisTestContext::cluster("chat-index one slot").await else {
+                return;
+            };
+            let store = RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone());
+            for n in 0..12 {
+                let (chat, exchange) = exchange_fixture(&format!("ops-{n}"), "hi", "hello");
+                store.append_exchange(chat, &exchange).await.unwrap();
+            }
+            let held = redis.keys_per_node();
+            assert_eq!(held.iter().filter(|&&n| n > 0).count(), 1, "{held:?}");
+            // activity, message-chat, and three keys per chat.
+            assert_eq!(held.iter().sum::<usize>(), 2 + 3 * 12, "{held:?}");
+        }
+    }
+
     fn is_unavailable<T: fmt::Debug>(r: &Result<T>) -> bool {
         matches!(r, Err(ChatIndexError::Unavailable { .. }))
     }
@@ -983,7 +1012,7 @@ mod tests {
     }
 
     async fn keys(redis: &RedisTestContext) -> Vec<String> {
-        let mut conn = redis.conn.manager();
+        let mut conn = redis.conn.handle();
         let mut keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", redis.prefix))
             .query_async(&mut conn)
@@ -994,7 +1023,7 @@ mod tests {
     }
 
     async fn cmd<T: redis::FromRedisValue>(redis: &RedisTestContext, cmd: &redis::Cmd) -> T {
-        let mut conn = redis.conn.manager();
+        let mut conn = redis.conn.handle();
         cmd.query_async(&mut conn).await.unwrap()
     }
 
@@ -1110,7 +1139,7 @@ mod tests {
             return;
         };
         let script = Script::new(concat!(lua_prelude!(), "return escape(ARGV[1])"));
-        let mut conn = redis.conn.manager();
+        let mut conn = redis.conn.handle();
         let all_bytes: String = (0_u8..=127).map(char::from).collect();
         for input in [
             "plain",

@@ -46,18 +46,26 @@ use crate::{
 /// again after a Redis restart), so no two instances can interleave inside
 /// one: reserve reads and, if the key is free or its pending result is
 /// orphaned, takes it; the others compare the lease token first (fencing)
-/// and change nothing on a mismatch. Each script touches exactly one key, so
-/// the layout also suits a Redis Cluster. Redis 6.2 or later is needed
+/// and change nothing on a mismatch. Redis 6.2 or later is needed
 /// (multi-field `HSET`, scripts replicated by their effects).
+///
+/// # Redis Cluster
+///
+/// Each script touches exactly one key, and a key carries no hash tag, so
+/// on a cluster ([`RedisConnection::open_cluster`]) the keys, one
+/// operator's included, spread over every primary by their digests. (Keep
+/// braces out of the prefix: a `{...}` there would pin every key to one
+/// slot.)
 ///
 /// # Failures
 ///
-/// Every operation, waiting for a pooled connection included, is bounded by
-/// the operation timeout (2 s unless [set](Self::with_op_timeout)); a Redis
-/// that is down, refuses connections or hangs gives
-/// [`IdempotencyError::Unavailable`], never a hang. A connection that failed
-/// or timed out is dropped rather than returned to the pool, and the pool
-/// opens new ones, so the store recovers by itself when Redis comes back.
+/// Every operation is one `EVALSHA` on the shared multiplexed
+/// [`RedisConnection`], bounded by the operation timeout (2 s unless
+/// [set](Self::with_op_timeout)); a Redis that is down, refuses
+/// connections, hangs, is out of memory, loading or failing over gives
+/// [`IdempotencyError::Unavailable`], never a hang (the classification every
+/// Redis backend shares, [`CallError::is_unavailable`]). The connection is
+/// opened again by itself, so the store recovers when Redis comes back.
 pub struct RedisIdempotencyStore {
     conn: RedisConnection,
     prefix: String,
@@ -446,6 +454,33 @@ mod tests {
 
     crate::idempotency_store_tests!(fresh_store);
 
+    /// The same suite on a three-primary Redis Cluster.
+    mod on_cluster {
+        use super::*;
+
+        async fn fresh_store() -> Option<TestStore> {
+            let redis = RedisTestContext::cluster("sofiia-idempotency redis cluster suite").await?;
+            let store = RedisIdempotencyStore::new(redis.conn.clone(), redis.prefix.clone());
+            Some(TestStore::with_guard(store, RealTime, redis))
+        }
+
+        crate::idempotency_store_tests!(fresh_store);
+
+        #[tokio::test]
+        async fn one_operators_keys_spread_over_every_primary() {
+            let Some(redis) = RedisTestContext::cluster("idempotency keys spread").await else {
+                return;
+            };
+            let store = RedisIdempotencyStore::new(redis.conn.clone(), redis.prefix.clone());
+            for n in 0..48 {
+                acquire(&store, &key(n)).await;
+            }
+            let held = redis.keys_per_node();
+            assert_eq!(held.iter().sum::<usize>(), 48, "{held:?}");
+            assert!(held.iter().all(|&n| n > 0), "{held:?}");
+        }
+    }
+
     fn key(n: usize) -> ScopedKey {
         ScopedKey::new(
             "alice",
@@ -534,7 +569,7 @@ mod tests {
         let _ = store.complete(&key(3), &token, &response(), LONG_TTL).await;
         let _ = store.release(&key(4), &token).await;
 
-        let mut conn = redis.conn.manager();
+        let mut conn = redis.conn.handle();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", redis.prefix))
             .query_async(&mut conn)
@@ -561,7 +596,7 @@ mod tests {
             return;
         };
         let store = RedisIdempotencyStore::new(redis.conn.clone(), redis.prefix.clone());
-        let mut conn = redis.conn.manager();
+        let mut conn = redis.conn.handle();
 
         // A key of the wrong type: the script fails.
         let _: () = redis::cmd("SET")

@@ -39,14 +39,21 @@ pub(crate) fn charged(charge: &Charge, tat: u64) -> u64 {
 /// step. A bucket named twice has, for its second charge, the TAT after its
 /// first.
 pub(crate) fn decide(charges: &[Charge], now: u64, tats: &[u64]) -> Decision {
+    decide_at(charges, &vec![now; charges.len()], tats)
+}
+
+/// [`decide`] where each charge's bucket was read at its own time
+/// (`nows[i]`): buckets on different Redis Cluster primaries, each read on
+/// its primary's clock.
+pub(crate) fn decide_at(charges: &[Charge], nows: &[u64], tats: &[u64]) -> Decision {
     let allowed = charges
         .iter()
-        .zip(tats)
-        .all(|(c, &tat)| admits(c, now, tat));
+        .zip(nows.iter().zip(tats))
+        .all(|(c, (&now, &tat))| admits(c, now, tat));
     let policies = charges
         .iter()
-        .zip(tats)
-        .map(|(c, &tat)| state(c, now, tat, allowed))
+        .zip(nows.iter().zip(tats))
+        .map(|(c, (&now, &tat))| state(c, now, tat, allowed))
         .collect();
     Decision { allowed, policies }
 }

@@ -15,10 +15,6 @@ use crate::{Charge, Decision, Quota, RateLimitError, RateLimiter, Result};
 /// The decision script; see the file for its contract.
 const SCRIPT: &str = include_str!("redis.lua");
 
-/// The hash tag every key of one limiter carries (after its prefix), so
-/// that all of them live in one Redis Cluster slot.
-const HASH_TAG: &str = "{rl}";
-
 /// The largest time, in microseconds, the script may be given: Lua numbers
 /// are doubles, exact up to 2^53, and a TAT may lie up to
 /// [`Quota::MAX_PERIOD`] beyond now.
@@ -29,8 +25,9 @@ const MAX_NOW_MICROS: u64 = (1 << 53) - Quota::MAX_PERIOD.as_secs() * 1_000_000;
 #[non_exhaustive]
 pub enum TimeSource {
     /// The Redis server's clock (`TIME`, read inside the script): one clock
-    /// for every instance, however far their own clocks drift. Use it in
-    /// production.
+    /// for every instance, however far their own clocks drift. On a
+    /// cluster, each bucket is read on the clock of the primary that holds
+    /// it, still one clock per bucket. Use it in production.
     #[default]
     Server,
     /// The given clock, passed to the script with each decision: for
@@ -115,30 +112,39 @@ impl RedisOptions {
 ///
 /// Each decision is one Lua script (`EVALSHA`, loaded again by itself after
 /// a Redis restart) that reads every bucket, decides, and writes all of them
-/// or none, atomically. A bucket is one string key holding its theoretical
+/// or none, atomically (on a Redis Cluster, one per slot: see below). A
+/// bucket is one string key holding its theoretical
 /// arrival time, with a `PX` TTL that ends when the bucket is idle, so idle
 /// buckets take no memory. Time is the Redis server's (`TIME`) unless
 /// [`TimeSource::Client`] says otherwise.
 ///
 /// # Keys
 ///
-/// `<prefix>{rl}:<policy>:<key>`, where policy and key are
+/// `<prefix>rl:{<policy>:<key>}`, where policy and key are
 /// percent-escaped (`%`, `:`, `{`, `}`, and every byte outside printable
 /// ASCII), so no key, whatever a user puts in it, can reach another bucket
-/// or break the layout; braces in the prefix are escaped too.
+/// or break the layout; braces in the prefix are escaped too, so the hash
+/// tag is always the bucket's own `{<policy>:<key>}`.
 ///
 /// # Redis Cluster
 ///
-/// A script may only touch keys of one hash slot. The chat bucket of a
-/// decision is shared with every operator and the operator bucket with
-/// every chat, so no tag per chat or per operator could put both in one
-/// slot for every decision: all keys of a limiter carry the one tag `{rl}`
-/// and live in one slot, on one primary. Quotas stay exact across the
-/// cluster; the price is that rate limiting does not spread over the
-/// cluster's nodes (a few small keys and one short script per request are
-/// well within one node's means). Run a separate prefix-tagged limiter per
-/// shard of traffic if that ever becomes the bottleneck. (The connection
-/// here is to one server; the layout is ready for a cluster client.)
+/// Each bucket is its own hash slot, so one chat's and one operator's
+/// buckets, and the buckets of all chats and operators, spread over the
+/// cluster's primaries. A script may only touch keys of one slot, so on a
+/// cluster ([`RedisConnection::open_cluster`]) a decision runs one script
+/// per slot, in the order of its charges: each charges its buckets only if
+/// they all allow it; once one refuses, the rest are only read (for the
+/// policies' state), and the slots already charged are charged back
+/// (their TATs move back by one interval). Quotas stay exact: a request is
+/// allowed only after every bucket admitted it, so no bucket ever admits
+/// more than its quota, and a refused request keeps no charge once the
+/// decision returns. While a refused decision is taking its charges back, a
+/// concurrent request may see them and be refused too: the error is only
+/// ever on the strict side. If Redis fails in the middle, the charges made
+/// are taken back when possible and the caller gets the failure; one that
+/// cannot be taken back makes its bucket stricter until it drains. A
+/// decision over one slot (or on a single server, for any keys) is one
+/// script, as before.
 ///
 /// # Failures
 ///
@@ -167,27 +173,26 @@ impl RedisOptions {
 /// ```
 pub struct RedisRateLimiter {
     conn: RedisConnection,
-    /// `<prefix>{rl}:`, braces in the prefix escaped.
+    /// The prefix, braces escaped.
     key_prefix: String,
     options: RedisOptions,
     script: Script,
 }
 
 impl RedisRateLimiter {
-    /// A limiter on `pool` with default options, its keys starting with
+    /// A limiter on `conn` with default options, its keys starting with
     /// `prefix`.
     pub fn new(conn: RedisConnection, prefix: impl Into<String>) -> Self {
         Self::with_options(conn, prefix, RedisOptions::default())
     }
 
-    /// A limiter on `pool` with the given options.
+    /// A limiter on `conn` with the given options.
     pub fn with_options(
         conn: RedisConnection,
         prefix: impl Into<String>,
         options: RedisOptions,
     ) -> Self {
-        let prefix = prefix.into();
-        let key_prefix = sofiia_redis_support::tagged_key_prefix(&prefix, HASH_TAG);
+        let key_prefix = sofiia_redis_support::escape_braces(&prefix.into());
         Self {
             conn,
             key_prefix,
@@ -201,13 +206,16 @@ impl RedisRateLimiter {
         &self.options
     }
 
-    /// The Redis key of `(policy, key)`'s bucket.
+    /// The Redis key of `(policy, key)`'s bucket:
+    /// `<prefix>rl:{<policy>:<key>}`, its own hash slot on a cluster.
     fn bucket_key(&self, policy: &str, key: &str) -> String {
-        let mut out = String::with_capacity(self.key_prefix.len() + policy.len() + key.len() + 1);
+        let mut out = String::with_capacity(self.key_prefix.len() + policy.len() + key.len() + 6);
         out.push_str(&self.key_prefix);
+        out.push_str("rl:{");
         escape_into(&mut out, policy);
         out.push(':');
         escape_into(&mut out, key);
+        out.push('}');
         out
     }
 
@@ -230,36 +238,148 @@ impl RedisRateLimiter {
             // Nothing to charge; not worth a round trip.
             return Ok(gcra::decide(charges, 0, &[]));
         }
+        let now = self.now_arg()?;
+        let keys: Vec<String> = charges
+            .iter()
+            .map(|c| self.bucket_key(c.policy, &c.key))
+            .collect();
+        let groups = slot_groups(&keys, self.conn.is_cluster());
+        let mut nows = vec![0; charges.len()];
+        let mut tats = vec![0; charges.len()];
+        let mut charged = 0;
+        let mut allowed = true;
+        for group in &groups {
+            let mode = if allowed { Mode::Charge } else { Mode::Peek };
+            let ran = self.run(mode, &now, group, charges, &keys, &mut tats).await;
+            let (group_allowed, group_now) = match ran {
+                Ok(ran) => ran,
+                Err(e) => {
+                    // Best effort: the caller sees the failure either way,
+                    // and a charge left behind only makes the limit
+                    // stricter until the bucket drains.
+                    let _ = self.refund(&now, &groups[..charged], charges, &keys).await;
+                    return Err(e);
+                }
+            };
+            for &i in group {
+                nows[i] = group_now;
+            }
+            if group_allowed && mode == Mode::Charge {
+                charged += 1;
+            }
+            allowed &= group_allowed;
+        }
+        if !allowed {
+            // Groups charged before a later one refused are taken back; on a
+            // single slot there are none.
+            self.refund(&now, &groups[..charged], charges, &keys)
+                .await?;
+        }
+        Ok(gcra::decide_at(charges, &nows, &tats))
+    }
+
+    /// Takes back the charges of `groups`, in the order they were made.
+    async fn refund(
+        &self,
+        now: &str,
+        groups: &[Vec<usize>],
+        charges: &[Charge],
+        keys: &[String],
+    ) -> Result<(), RedisError> {
+        let mut scratch = vec![0; charges.len()];
+        for group in groups {
+            self.run(Mode::Refund, now, group, charges, keys, &mut scratch)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the script in `mode` over the charges of `group` (indices into
+    /// `charges` and `keys`, all in one slot on a cluster), writing their
+    /// TATs into `tats` unless refunding. Returns whether the script allowed
+    /// them, and its time.
+    async fn run(
+        &self,
+        mode: Mode,
+        now: &str,
+        group: &[usize],
+        charges: &[Charge],
+        keys: &[String],
+        tats: &mut [u64],
+    ) -> Result<(bool, u64), RedisError> {
         let mut invocation = self.script.prepare_invoke();
-        invocation.arg(self.now_arg()?);
+        invocation.arg(now);
         invocation.arg(u64::try_from(self.options.ttl_grace.as_millis()).unwrap_or(u64::MAX));
-        for charge in charges {
-            invocation.key(self.bucket_key(charge.policy, &charge.key));
-            invocation.arg(charge.quota.interval_micros());
-            invocation.arg(charge.quota.count().get());
+        invocation.arg(mode.as_str());
+        for &i in group {
+            invocation.key(&keys[i]);
+            invocation.arg(charges[i].quota.interval_micros());
+            invocation.arg(charges[i].quota.count().get());
         }
         let reply =
             sofiia_redis_support::invoke(&self.conn, self.options.timeout, &invocation).await?;
         let reply: Vec<i64> = redis::FromRedisValue::from_redis_value(reply)
             .map_err(|_| RedisError::UnexpectedReply)?;
-
-        let (script_allowed, now, tats) = match reply.as_slice() {
-            [allowed, now, tats @ ..] if tats.len() == charges.len() => (*allowed, *now, tats),
+        let expected = if mode == Mode::Refund { 0 } else { group.len() };
+        let (script_allowed, script_now, script_tats) = match reply.as_slice() {
+            [allowed, now, tats @ ..] if tats.len() == expected => (*allowed, *now, tats),
             _ => return Err(RedisError::UnexpectedReply),
         };
-        let now = u64::try_from(now).map_err(|_| RedisError::UnexpectedReply)?;
-        let tats = tats
-            .iter()
-            .map(|&t| u64::try_from(t).map_err(|_| RedisError::UnexpectedReply))
-            .collect::<Result<Vec<u64>, _>>()?;
-        let decision = gcra::decide(charges, now, &tats);
-        // The script wrote (or not) by its own arithmetic; a report that
-        // disagrees with it must not reach the caller.
-        if decision.allowed != (script_allowed == 1) {
-            return Err(RedisError::Inconsistent);
+        let script_now = u64::try_from(script_now).map_err(|_| RedisError::UnexpectedReply)?;
+        for (&i, &tat) in group.iter().zip(script_tats) {
+            tats[i] = u64::try_from(tat).map_err(|_| RedisError::UnexpectedReply)?;
         }
-        Ok(decision)
+        if mode != Mode::Refund {
+            // The script wrote (or not) by its own arithmetic; a report that
+            // disagrees with it must not reach the caller.
+            let mine = group
+                .iter()
+                .all(|&i| gcra::admits(&charges[i], script_now, tats[i]));
+            if mine != (script_allowed == 1) {
+                return Err(RedisError::Inconsistent);
+            }
+        }
+        Ok((script_allowed == 1, script_now))
     }
+}
+
+/// What one run of the script does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Decide and, if allowed, charge every bucket.
+    Charge,
+    /// Decide and charge nothing.
+    Peek,
+    /// Take back one earlier charge.
+    Refund,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Charge => "charge",
+            Mode::Peek => "peek",
+            Mode::Refund => "refund",
+        }
+    }
+}
+
+/// The charges (indices into `keys`) grouped by the hash slot of their
+/// keys, groups in the order of their first charge: one group on a single
+/// server, where a script may touch any keys.
+fn slot_groups(keys: &[String], cluster: bool) -> Vec<Vec<usize>> {
+    if !cluster {
+        return vec![(0..keys.len()).collect()];
+    }
+    let mut groups: Vec<(sofiia_redis_support::Slot, Vec<usize>)> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let slot = sofiia_redis_support::slot_of(key);
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, group)) => group.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
 }
 
 /// Appends `s` with `%`, `:`, braces, and every byte outside printable
@@ -362,15 +482,134 @@ mod tests {
     crate::rate_limiter_tests!(
         async fn limiter(clock: Arc<ManualClock>) -> Option<TestLimiter> {
             let redis = RedisTestContext::new("ratelimit-suite").await?;
-            let options = RedisOptions::default()
-                .with_time_source(TimeSource::Client(clock))
-                // The test clock stands still; keys must not expire under it.
-                .with_ttl_grace(Duration::from_secs(3600));
-            let limiter =
-                RedisRateLimiter::with_options(redis.conn.clone(), &redis.prefix, options);
-            Some(TestLimiter::with_guard(limiter, redis))
+            Some(on_clock(redis, clock))
         }
     );
+
+    /// A limiter in `redis` on the test clock, keeping the context.
+    fn on_clock(redis: RedisTestContext, clock: Arc<ManualClock>) -> TestLimiter {
+        let limiter =
+            RedisRateLimiter::with_options(redis.conn.clone(), &redis.prefix, client_time(clock));
+        TestLimiter::with_guard(limiter, redis)
+    }
+
+    fn client_time(clock: Arc<ManualClock>) -> RedisOptions {
+        RedisOptions::default()
+            .with_time_source(TimeSource::Client(clock))
+            // The test clock stands still; keys must not expire under it.
+            .with_ttl_grace(Duration::from_secs(3600))
+    }
+
+    /// The same suite on a three-primary Redis Cluster, where a decision's
+    /// buckets live on different primaries.
+    mod on_cluster {
+        use super::*;
+        use crate::MemoryRateLimiter;
+
+        crate::rate_limiter_tests!(
+            async fn limiter(clock: Arc<ManualClock>) -> Option<TestLimiter> {
+                let redis = RedisTestContext::cluster("ratelimit-cluster-suite").await?;
+                Some(on_clock(redis, clock))
+            }
+        );
+
+        /// Every decision, refusals by the first or a later slot's buckets
+        /// included, reports and leaves the same state as the one-process
+        /// limiter: a refused decision takes back what it charged on other
+        /// primaries.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn decisions_over_several_primaries_match_the_memory_limiter() {
+            let Some(redis) = RedisTestContext::cluster("ratelimit-cluster-refund").await else {
+                return;
+            };
+            let clock = Arc::new(ManualClock::default());
+            let limiter = RedisRateLimiter::with_options(
+                redis.conn.clone(),
+                &redis.prefix,
+                client_time(clock.clone()),
+            );
+            let memory = MemoryRateLimiter::new(clock.clone(), 1000);
+            let send = |chat: &str, operator: &str| {
+                [
+                    charge("chat", chat, "3/min"),
+                    charge("operator", operator, "4/min"),
+                    charge("global", "all", "100/min"),
+                ]
+            };
+            assert_ne!(
+                sofiia_redis_support::slot_of(&limiter.bucket_key("chat", "c1")),
+                sofiia_redis_support::slot_of(&limiter.bucket_key("operator", "alice")),
+            );
+            let script = [
+                send("c1", "alice"),
+                send("c1", "alice"),
+                send("c1", "alice"),
+                // Refused by the chat, the first slot: nothing charged.
+                send("c1", "alice"),
+                send("c2", "alice"),
+                // Refused by the operator, a later slot: the chat and
+                // global charges are taken back.
+                send("c3", "alice"),
+                send("c3", "alice"),
+                send("c3", "bob"),
+                send("c3", "bob"),
+            ];
+            let mut allowed = 0;
+            for (step, charges) in script.iter().enumerate() {
+                let got = limiter.check(charges).await.unwrap();
+                let want = memory.check(charges).await.unwrap();
+                assert_eq!(got, want, "step {step}");
+                allowed += usize::from(got.allowed);
+                if step == 4 {
+                    clock.advance(Duration::from_secs(1));
+                }
+            }
+            assert_eq!(allowed, 6);
+            // c3 was refused twice after alice ran out: its bucket holds
+            // only bob's two charges, so one more is left.
+            let last = limiter
+                .check(&[charge("chat", "c3", "3/min")])
+                .await
+                .unwrap();
+            assert_eq!(
+                last,
+                memory
+                    .check(&[charge("chat", "c3", "3/min")])
+                    .await
+                    .unwrap()
+            );
+            assert!(last.allowed);
+            assert_eq!(last.policies[0].remaining, 0);
+        }
+
+        /// Each chat's and operator's buckets are keys of their own slots,
+        /// spread over every primary.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn buckets_spread_over_every_primary() {
+            let Some(redis) = RedisTestContext::cluster("ratelimit-cluster-spread").await else {
+                return;
+            };
+            let limiter = RedisRateLimiter::new(redis.conn.clone(), &redis.prefix);
+            for i in 0..24 {
+                let charges = [
+                    charge("chat", &format!("chat-{i}"), "5/min"),
+                    charge("operator", &format!("op-{i}"), "5/min"),
+                ];
+                assert!(limiter.check(&charges).await.unwrap().allowed);
+            }
+            let held = redis.keys_per_node();
+            assert_eq!(held.iter().sum::<usize>(), 48, "{held:?}");
+            assert!(held.iter().all(|&n| n > 0), "{held:?}");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_corrupt_bucket_is_a_backend_error_on_a_cluster() {
+            let Some(redis) = RedisTestContext::cluster("ratelimit-cluster-corrupt").await else {
+                return;
+            };
+            corrupt_bucket_case(&redis).await;
+        }
+    }
 
     fn charge(policy: &'static str, key: &str, quota: &str) -> Charge {
         Charge::new(policy, key, quota.parse().unwrap())
@@ -387,19 +626,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn keys_share_one_hash_tag_and_escape_user_input() {
+    async fn each_bucket_is_its_own_hash_tag_and_user_input_is_escaped() {
         let limiter = RedisRateLimiter::new(conn("redis://127.0.0.1:1"), "app:");
-        assert_eq!(limiter.bucket_key("chat", "c1"), "app:{rl}:chat:c1");
+        assert_eq!(limiter.bucket_key("chat", "c1"), "app:rl:{chat:c1}");
         assert_eq!(
             limiter.bucket_key("chat", "a:b%{c}\n é"),
-            "app:{rl}:chat:a%3Ab%25%7Bc%7D%0A%20%C3%A9"
+            "app:rl:{chat:a%3Ab%25%7Bc%7D%0A%20%C3%A9}"
         );
-        assert_eq!(limiter.bucket_key("chat:a", "b"), "app:{rl}:chat%3Aa:b");
+        assert_eq!(limiter.bucket_key("chat:a", "b"), "app:rl:{chat%3Aa:b}");
         assert_ne!(
             limiter.bucket_key("chat", "a:b"),
             limiter.bucket_key("chat:a", "b")
         );
-        // The cluster hash tag is the first `{...}`: always `rl`.
+        // The cluster hash tag is the first `{...}`: always the escaped
+        // policy and key, whatever the prefix or the key holds.
         fn tag(key: &str) -> &str {
             let open = key.find('{').expect("a tag");
             let close = key[open..].find('}').expect("closed") + open;
@@ -407,12 +647,33 @@ mod tests {
         }
         for prefix in ["", "app:", "x{}", "a{b", "a}b{", "{}{"] {
             let limiter = RedisRateLimiter::new(conn("redis://127.0.0.1:1"), prefix);
-            for (policy, key) in [("chat", "{x}"), ("operator", "}{"), ("p", "")] {
-                assert_eq!(tag(&limiter.bucket_key(policy, key)), "rl", "{prefix:?}");
+            for (policy, key, expected) in [
+                ("chat", "{x}", "chat:%7Bx%7D"),
+                ("operator", "}{", "operator:%7D%7B"),
+                ("p", "", "p:"),
+            ] {
+                assert_eq!(
+                    tag(&limiter.bucket_key(policy, key)),
+                    expected,
+                    "{prefix:?}"
+                );
             }
         }
         let debug = format!("{limiter:?}");
-        assert!(debug.contains("app:{rl}:"), "{debug}");
+        assert!(debug.contains("\"app:\""), "{debug}");
+    }
+
+    #[test]
+    fn charges_group_by_slot_on_a_cluster_only() {
+        let keys: Vec<String> = ["a{x}", "b{y}", "c{x}", "d{z}", "e{y}"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(slot_groups(&keys, false), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(
+            slot_groups(&keys, true),
+            vec![vec![0, 2], vec![1, 4], vec![3]]
+        );
     }
 
     /// The real server clock: 3/min allows exactly 3 of 10 at once.
@@ -461,7 +722,7 @@ mod tests {
         );
         assert_eq!(redis.key_count().await, 5);
 
-        let mut conn = redis.conn.manager();
+        let mut conn = redis.conn.handle();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", redis.prefix))
             .query_async(&mut conn)
@@ -474,16 +735,13 @@ mod tests {
                 .await
                 .unwrap();
             // 20/min once: idle in 3 s; 4/h spent: idle in 1 h.
-            let max = if key.contains(":chat:") {
+            let max = if key.contains("{chat:") {
                 3_000
             } else {
                 3_600_000
             };
             assert!(ttl > 0 && ttl <= max, "{key}: PTTL {ttl}");
-            assert!(
-                key.starts_with(&format!("{}{{rl}}:", redis.prefix)),
-                "{key}"
-            );
+            assert!(key.starts_with(&format!("{}rl:{{", redis.prefix)), "{key}");
         }
     }
 
@@ -493,8 +751,14 @@ mod tests {
         let Some(redis) = RedisTestContext::new("ratelimit-corrupt").await else {
             return;
         };
+        corrupt_bucket_case(&redis).await;
+    }
+
+    /// A decision whose chat bucket holds text, or a hash, fails as
+    /// `Backend` and leaves the operator bucket as it was.
+    async fn corrupt_bucket_case(redis: &RedisTestContext) {
         let limiter = RedisRateLimiter::new(redis.conn.clone(), &redis.prefix);
-        let mut conn = redis.conn.manager();
+        let mut conn = redis.conn.handle();
         let _: () = redis::cmd("SET")
             .arg(limiter.bucket_key("chat", "text"))
             .arg("not a number")
@@ -522,7 +786,8 @@ mod tests {
                 "{err:?}"
             );
         }
-        // All or none: the operator bucket was not charged by either.
+        // All or none: the operator bucket was not charged by either (on a
+        // cluster: charged on its own primary, then taken back).
         assert_eq!(redis.key_count().await, 2);
     }
 

@@ -19,13 +19,17 @@
 //! when dropped, so tests never see each other's state. [`RedisServer`]
 //! starts a private `redis-server` that a test may stop and restart, for
 //! outage tests that must not disturb the shared server.
+//! [`RedisTestContext::cluster`] is the same on a throwaway three-primary
+//! Redis Cluster ([`RedisCluster`]) that the test process starts itself
+//! (`redis-server` and `redis-cli` on the `PATH`); it needs no variable
+//! beyond `SOFIIA_REQUIRE_REDIS`.
 //!
 //! ```no_run
 //! # async fn demo() {
 //! let Some(redis) = sofiia_testkit::RedisTestContext::new("my-test").await else {
 //!     return; // skipped loudly
 //! };
-//! let _conn = redis.conn.manager();
+//! let _conn = redis.conn.handle();
 //! # }
 //! ```
 use std::io::Write as _;
@@ -36,10 +40,12 @@ use std::time::{Duration, Instant};
 use deadpool_redis::redis;
 use sofiia_redis_support::RedisConnection;
 
+mod cluster;
 mod guarded;
 mod postgres;
 mod suite;
 
+pub use crate::cluster::RedisCluster;
 pub use crate::guarded::Guarded;
 pub use crate::postgres::{POSTGRES_URL_VAR, PostgresTestDatabase, REQUIRE_POSTGRES_VAR};
 pub use crate::suite::assert_every_case_listed;
@@ -53,7 +59,7 @@ fn required(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
 }
 
-fn skip_or_fail<T>(test: &str, why: &str) -> Option<T> {
+pub(crate) fn skip_or_fail<T>(test: &str, why: &str) -> Option<T> {
     skip_or_fail_with(
         test,
         why,
@@ -100,8 +106,11 @@ pub fn redis_url(test: &str) -> Option<String> {
 
 /// A Redis connection and a key prefix of one's own, cleaned up on drop.
 pub struct RedisTestContext {
-    /// The server's URL.
+    /// The server's URL; for a cluster, its nodes as
+    /// `SOFIIA_REDIS_CLUSTER_NODES` takes them.
     pub url: String,
+    /// Whether this is the process's Redis Cluster.
+    pub cluster: bool,
     /// A connection to it, as the backends take it.
     pub conn: RedisConnection,
     /// A prefix no other test uses, ending in `:`.
@@ -125,6 +134,30 @@ impl RedisTestContext {
     pub async fn new(test: &str) -> Option<Self> {
         let url = redis_url(test)?;
         let conn = connection(&url);
+        Self::answering(test, url, conn, false).await
+    }
+
+    /// The same on the process's throwaway Redis Cluster
+    /// ([`RedisCluster::shared`]).
+    ///
+    /// # Panics
+    ///
+    /// When Redis is required (`SOFIIA_REQUIRE_REDIS=1`) and the cluster
+    /// cannot start or does not answer.
+    pub async fn cluster(test: &str) -> Option<Self> {
+        let cluster = RedisCluster::shared(test)?;
+        let url = cluster.nodes();
+        let conn = RedisConnection::open_cluster(&url)
+            .unwrap_or_else(|e| panic!("invalid cluster nodes {url}: {e}"));
+        Self::answering(test, url, conn, true).await
+    }
+
+    async fn answering(
+        test: &str,
+        url: String,
+        conn: RedisConnection,
+        cluster: bool,
+    ) -> Option<Self> {
         let answered = sofiia_redis_support::query::<String>(
             &conn,
             Duration::from_secs(2),
@@ -137,6 +170,7 @@ impl RedisTestContext {
         }
         Some(Self {
             url,
+            cluster,
             conn,
             prefix: format!("sofiia-test:{}:", uuid::Uuid::new_v4().simple()),
         })
@@ -148,7 +182,8 @@ impl RedisTestContext {
     ///
     /// If Redis fails.
     pub async fn key_count(&self) -> usize {
-        let mut conn = self.conn.manager();
+        let mut conn = self.conn.handle();
+        // On a cluster, redis-rs asks every primary and joins the replies.
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.prefix))
             .query_async(&mut conn)
@@ -158,23 +193,69 @@ impl RedisTestContext {
     }
 }
 
+impl RedisTestContext {
+    /// How many keys under this context's prefix each primary of the
+    /// cluster holds (one entry on a single server).
+    ///
+    /// # Panics
+    ///
+    /// If a node fails.
+    pub fn keys_per_node(&self) -> Vec<usize> {
+        self.node_urls()
+            .iter()
+            .map(|url| {
+                let mut node = redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+                    .unwrap_or_else(|e| panic!("{url}: {e}"));
+                redis::cmd("KEYS")
+                    .arg(format!("{}*", self.prefix))
+                    .query::<Vec<String>>(&mut node)
+                    .unwrap_or_else(|e| panic!("{url}: {e}"))
+                    .len()
+            })
+            .collect()
+    }
+
+    /// The URL of each node: the cluster's primaries, or the one server.
+    fn node_urls(&self) -> Vec<String> {
+        if self.cluster {
+            self.url
+                .split(',')
+                .map(|n| format!("redis://{n}"))
+                .collect()
+        } else {
+            vec![self.url.clone()]
+        }
+    }
+}
+
 impl Drop for RedisTestContext {
     fn drop(&mut self) {
-        // A blocking connection: drop may run outside any runtime.
-        let Ok(client) = redis::Client::open(self.url.as_str()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
-            return;
-        };
         let pattern = format!("{}*", self.prefix);
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(&pattern)
-            .query(&mut conn)
-            .unwrap_or_default();
-        for chunk in keys.chunks(500) {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        // On a cluster each primary deletes its own share, one key at a
+        // time (keys of several slots may not meet in one command).
+        let chunk = if self.cluster { 1 } else { 500 };
+        for url in self.node_urls() {
+            delete_matching(&url, &pattern, chunk);
         }
+    }
+}
+
+/// Deletes the keys matching `pattern` on the server at `url`, `chunk` per
+/// command, on a blocking connection (drop may run outside any runtime).
+fn delete_matching(url: &str, pattern: &str, chunk: usize) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query(&mut conn)
+        .unwrap_or_default();
+    for chunk in keys.chunks(chunk) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
     }
 }
 

@@ -1,0 +1,185 @@
+//! A throwaway three-primary Redis Cluster per test process.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis;
+
+/// Three `redis-server --cluster-enabled yes` primaries on free loopback
+/// ports, joined with `redis-cli --cluster create`, every slot covered.
+///
+/// One is started per test process, on first use ([`RedisCluster::shared`]),
+/// and shared by its tests, each under its own key prefix. A watchdog shell
+/// started with it stops the servers and removes their directory once the
+/// test process is gone, however it ended.
+#[derive(Debug)]
+pub struct RedisCluster {
+    ports: Vec<u16>,
+}
+
+/// How the watchdog runs the servers: arguments are the directory, the pid
+/// to outlive, then the client ports (each node's cluster bus is its port
+/// + 10000, as Redis 6.2 and later all agree).
+const WATCHDOG: &str = r#"
+dir=$1; watched=$2; shift 2
+pids=
+for port in "$@"; do
+  redis-server --port "$port" --bind 127.0.0.1 \
+    --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
+    --cluster-node-timeout 2000 --dir "$dir" --save '' --appendonly no \
+    >"$dir/redis-$port.log" 2>&1 &
+  pids="$pids $!"
+done
+while kill -0 "$watched" 2>/dev/null; do sleep 1; done
+kill $pids 2>/dev/null
+wait
+rm -rf "$dir"
+"#;
+
+impl RedisCluster {
+    /// The process's cluster, started on first use, or `None` (after a loud
+    /// message) when it cannot start and Redis is not required.
+    ///
+    /// # Panics
+    ///
+    /// When Redis is required (`SOFIIA_REQUIRE_REDIS=1`) and the cluster
+    /// cannot start.
+    pub fn shared(test: &str) -> Option<&'static RedisCluster> {
+        static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
+        match SHARED.get_or_init(Self::start) {
+            Ok(cluster) => Some(cluster),
+            Err(e) => crate::skip_or_fail(test, &format!("no Redis Cluster: {e}")),
+        }
+    }
+
+    fn start() -> Result<Self, String> {
+        // Three ports whose bus ports (+ 10000) are free too, all held at
+        // once so that they differ, released just before the servers bind
+        // them.
+        let mut held = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..200 {
+            if ports.len() == 3 {
+                break;
+            }
+            let client =
+                TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port ({e})"))?;
+            let port = client.local_addr().map_err(|e| e.to_string())?.port();
+            let Some(bus_port) = port.checked_add(10_000) else {
+                continue;
+            };
+            if let Ok(bus) = TcpListener::bind(("127.0.0.1", bus_port)) {
+                held.push(client);
+                held.push(bus);
+                ports.push(port);
+            }
+        }
+        if ports.len() < 3 {
+            return Err("no three free pairs of ports".into());
+        }
+        drop(held);
+        let dir = std::env::temp_dir().join(format!(
+            "sofiia-redis-cluster-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let cluster = Self { ports };
+        Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("sh")
+            .arg(&dir)
+            .arg(std::process::id().to_string())
+            .args(cluster.ports.iter().map(u16::to_string))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run sh ({e})"))?;
+        cluster
+            .wait_until(Duration::from_secs(10), "answer", |c| {
+                c.ports.iter().all(|&p| c.node_info(p, "PING").is_some())
+            })
+            .map_err(|e| format!("{e}; see {}/redis-<port>.log", dir.display()))?;
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run redis-cli ({e})"))?;
+        if !created.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stdout)
+            ));
+        }
+        cluster.wait_until(Duration::from_secs(30), "agree on every slot", |c| {
+            c.ports.iter().all(|&p| {
+                c.node_info(p, "CLUSTER INFO").is_some_and(|info| {
+                    info.contains("cluster_state:ok")
+                        && info.contains("cluster_slots_ok:16384")
+                        && info.contains("cluster_known_nodes:3")
+                })
+            })
+        })?;
+        Ok(cluster)
+    }
+
+    fn wait_until(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&Self) -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if done(self) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "the cluster's nodes did not {what} within {within:?}"
+        ))
+    }
+
+    /// A node's reply to `command` (words split on spaces), as text.
+    fn node_info(&self, port: u16, command: &str) -> Option<String> {
+        let mut words = command.split(' ');
+        let mut cmd = redis::cmd(words.next()?);
+        for w in words {
+            cmd.arg(w);
+        }
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .ok()?
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        cmd.query::<redis::Value>(&mut conn).ok().map(|v| match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            redis::Value::SimpleString(s) => s,
+            other => format!("{other:?}"),
+        })
+    }
+
+    /// The nodes as `SOFIIA_REDIS_CLUSTER_NODES` takes them:
+    /// `127.0.0.1:<port>,...`.
+    pub fn nodes(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Each node's own URL, for commands one node must answer.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
