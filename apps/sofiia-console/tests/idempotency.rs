@@ -314,3 +314,79 @@ async fn the_inmemory_backend_counts_what_it_evicts() {
     assert_eq!(node.call_count(), 4);
     console.stop().await;
 }
+
+/// A Redis Cluster primary stopped while the console runs: a send whose
+/// key or buckets live on it is 503 with `Retry-After` and reaches no node
+/// (the others may still be served); once the primary is back the console
+/// serves every send again, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_primary_down_is_503_without_node_calls_and_recovers() {
+    let Some(cluster) = sofiia_testkit::RedisCluster::start("a_redis_cluster_primary_down") else {
+        return;
+    };
+    let node = stub("NODA1").await;
+    let console = ConsoleBuilder::new()
+        .nodes(&[&node])
+        .redis_cluster_at(&cluster.nodes(), "outage:")
+        .start()
+        .await;
+    assert_eq!(
+        console
+            .send_text("c", "cluster-key-1", "before")
+            .await
+            .status,
+        200
+    );
+
+    tokio::task::block_in_place(|| cluster.stop_node(0));
+    let mut served = 1;
+    let mut refused = 0;
+    for i in 0..40 {
+        let res = console
+            .send_text(
+                &format!("c{i}"),
+                &format!("cluster-key-during-{i}"),
+                "during",
+            )
+            .await;
+        if res.status == 200 {
+            served += 1;
+            continue;
+        }
+        let p = res.problem(503);
+        assert_eq!(p["type"], "urn:sofiia:problem:store-unavailable");
+        assert!(res.header("retry-after").is_some());
+        refused += 1;
+        if refused == 5 {
+            break;
+        }
+    }
+    assert_eq!(refused, 5, "sends on the stopped primary are refused");
+    assert_eq!(node.call_count(), served, "no refused send reached a node");
+
+    tokio::task::block_in_place(|| cluster.restart_node(0));
+    let back = std::time::Instant::now();
+    for i in 0..10 {
+        loop {
+            let res = console
+                .send_text(
+                    &format!("after{i}"),
+                    &format!("cluster-key-after-{i}"),
+                    "after",
+                )
+                .await;
+            if res.status == 200 {
+                break;
+            }
+            res.problem(503);
+            assert!(
+                back.elapsed() < Duration::from_secs(20),
+                "not serving 20 s after the primary came back: {}",
+                res.text
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(node.call_count(), served + 10);
+    console.stop().await;
+}

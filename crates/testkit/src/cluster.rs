@@ -1,8 +1,10 @@
-//! A throwaway three-primary Redis Cluster per test process.
+//! Throwaway three-primary Redis Clusters: one shared per test process, or
+//! a private one a test may take a node of down and up again.
 
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis;
@@ -10,33 +12,54 @@ use deadpool_redis::redis;
 /// Three `redis-server --cluster-enabled yes` primaries on free loopback
 /// ports, joined with `redis-cli --cluster create`, every slot covered.
 ///
-/// One is started per test process, on first use ([`RedisCluster::shared`]),
-/// and shared by its tests, each under its own key prefix. A watchdog shell
-/// started with it stops the servers and removes their directory once the
-/// test process is gone, however it ended.
+/// [`RedisCluster::shared`] starts one per test process, on first use,
+/// shared by its tests, each under its own key prefix.
+/// [`RedisCluster::start`] starts a private one, stopped on drop, whose
+/// nodes a test may stop and restart. Each node runs under a watchdog shell
+/// that stops it once the test process is gone, however it ended, and
+/// another removes the cluster's directory then.
 #[derive(Debug)]
 pub struct RedisCluster {
     ports: Vec<u16>,
+    dir: PathBuf,
+    /// Each node's watchdog, `None` while the node is stopped.
+    nodes: Mutex<Vec<Option<Child>>>,
 }
 
-/// How the watchdog runs the servers: arguments are the directory, the pid
-/// to outlive, then the client ports (each node's cluster bus is its port
-/// + 10000, as Redis 6.2 and later all agree).
-const WATCHDOG: &str = r#"
-dir=$1; watched=$2; shift 2
-pids=
-for port in "$@"; do
-  redis-server --port "$port" --bind 127.0.0.1 \
-    --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
-    --cluster-node-timeout 2000 --dir "$dir" --save '' --appendonly no \
-    >"$dir/redis-$port.log" 2>&1 &
-  pids="$pids $!"
-done
-while kill -0 "$watched" 2>/dev/null; do sleep 1; done
-kill $pids 2>/dev/null
-wait
-rm -rf "$dir"
+/// One node under its watchdog: arguments are the directory, the pid to
+/// outlive and the client port (the cluster bus is port + 10000, as Redis
+/// 6.2 and later all agree). The node keeps its cluster state in
+/// `nodes-<port>.conf`, so a restarted node rejoins.
+const NODE: &str = r#"
+dir=$1; watched=$2; port=$3
+redis-server --port "$port" --bind 127.0.0.1 \
+  --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
+  --cluster-node-timeout 2000 --dir "$dir" --save '' --appendonly no \
+  >>"$dir/redis-$port.log" 2>&1 &
+node=$!
+while kill -0 "$watched" 2>/dev/null && kill -0 "$node" 2>/dev/null; do sleep 0.5; done
+kill "$node" 2>/dev/null
+wait "$node"
 "#;
+
+/// Removes the directory once the pid is gone.
+const DIR: &str = r#"
+while kill -0 "$2" 2>/dev/null; do sleep 1; done
+rm -rf "$1"
+"#;
+
+fn watchdog(script: &str, args: &[String]) -> Result<Child, String> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run sh ({e})"))
+}
 
 impl RedisCluster {
     /// The process's cluster, started on first use, or `None` (after a loud
@@ -48,13 +71,27 @@ impl RedisCluster {
     /// cannot start.
     pub fn shared(test: &str) -> Option<&'static RedisCluster> {
         static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
-        match SHARED.get_or_init(Self::start) {
+        match SHARED.get_or_init(Self::create) {
             Ok(cluster) => Some(cluster),
             Err(e) => crate::skip_or_fail(test, &format!("no Redis Cluster: {e}")),
         }
     }
 
-    fn start() -> Result<Self, String> {
+    /// A private cluster, stopped on drop, or `None` (after a loud message)
+    /// when it cannot start and Redis is not required.
+    ///
+    /// # Panics
+    ///
+    /// When Redis is required (`SOFIIA_REQUIRE_REDIS=1`) and the cluster
+    /// cannot start.
+    pub fn start(test: &str) -> Option<RedisCluster> {
+        match Self::create() {
+            Ok(cluster) => Some(cluster),
+            Err(e) => crate::skip_or_fail(test, &format!("no Redis Cluster: {e}")),
+        }
+    }
+
+    fn create() -> Result<Self, String> {
         // Three ports whose bus ports (+ 10000) are free too, all held at
         // once so that they differ, released just before the servers bind
         // them.
@@ -85,24 +122,26 @@ impl RedisCluster {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let cluster = Self { ports };
-        Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("sh")
-            .arg(&dir)
-            .arg(std::process::id().to_string())
-            .args(cluster.ports.iter().map(u16::to_string))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run sh ({e})"))?;
+        let cluster = Self {
+            nodes: Mutex::new(ports.iter().map(|_| None).collect()),
+            ports,
+            dir,
+        };
+        watchdog(
+            DIR,
+            &[
+                cluster.dir.display().to_string(),
+                std::process::id().to_string(),
+            ],
+        )?;
+        for i in 0..cluster.ports.len() {
+            cluster.spawn_node(i)?;
+        }
         cluster
             .wait_until(Duration::from_secs(10), "answer", |c| {
                 c.ports.iter().all(|&p| c.node_info(p, "PING").is_some())
             })
-            .map_err(|e| format!("{e}; see {}/redis-<port>.log", dir.display()))?;
+            .map_err(|e| format!("{e}; see {}/redis-<port>.log", cluster.dir.display()))?;
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
@@ -116,7 +155,31 @@ impl RedisCluster {
                 String::from_utf8_lossy(&created.stdout)
             ));
         }
-        cluster.wait_until(Duration::from_secs(30), "agree on every slot", |c| {
+        cluster.wait_until_serving()?;
+        Ok(cluster)
+    }
+
+    fn spawn_node(&self, i: usize) -> Result<(), String> {
+        let child = watchdog(
+            NODE,
+            &[
+                self.dir.display().to_string(),
+                std::process::id().to_string(),
+                self.ports[i].to_string(),
+            ],
+        )?;
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(child);
+        Ok(())
+    }
+
+    /// Waits until every node reports every slot served by three
+    /// primaries.
+    ///
+    /// # Errors
+    ///
+    /// When that does not happen within 30 s.
+    pub fn wait_until_serving(&self) -> Result<(), String> {
+        self.wait_until(Duration::from_secs(30), "agree on every slot", |c| {
             c.ports.iter().all(|&p| {
                 c.node_info(p, "CLUSTER INFO").is_some_and(|info| {
                     info.contains("cluster_state:ok")
@@ -124,8 +187,35 @@ impl RedisCluster {
                         && info.contains("cluster_known_nodes:3")
                 })
             })
-        })?;
-        Ok(cluster)
+        })
+    }
+
+    /// Stops primary `i` (its data is gone; its slots are not served until
+    /// it is back).
+    pub fn stop_node(&self, i: usize) {
+        let child = self.nodes.lock().unwrap_or_else(|e| e.into_inner())[i].take();
+        if let Some(mut child) = child {
+            let _ = Command::new("redis-cli")
+                .args(["-p", &self.ports[i].to_string(), "shutdown", "nosave"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            // The watchdog ends with its node.
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts primary `i` again on its port, with its cluster state, and
+    /// waits until the cluster serves every slot again.
+    ///
+    /// # Panics
+    ///
+    /// If it does not.
+    pub fn restart_node(&self, i: usize) {
+        self.stop_node(i);
+        self.spawn_node(i)
+            .and_then(|()| self.wait_until_serving())
+            .unwrap_or_else(|e| panic!("node {i} did not come back: {e}"));
     }
 
     fn wait_until(
@@ -181,5 +271,14 @@ impl RedisCluster {
             .iter()
             .map(|p| format!("redis://127.0.0.1:{p}"))
             .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for i in 0..self.ports.len() {
+            self.stop_node(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

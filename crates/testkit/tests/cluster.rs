@@ -84,3 +84,50 @@ async fn a_context_deletes_its_keys_on_every_primary() {
     .unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A private cluster's primary stopped: commands on its slots are
+/// unavailable (never a hang past the deadline); restarted, it serves them
+/// again through the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_primary_is_unavailable_then_serves_again() {
+    let Some(cluster) = sofiia_testkit::RedisCluster::start("testkit private cluster") else {
+        return;
+    };
+    let conn = sofiia_redis_support::RedisConnection::open_cluster(&cluster.nodes()).unwrap();
+    let set = |i: usize| {
+        let conn = conn.clone();
+        async move {
+            sofiia_redis_support::query::<()>(
+                &conn,
+                Duration::from_secs(1),
+                redis::cmd("SET").arg(format!("k{{{i}}}")).arg(i),
+            )
+            .await
+        }
+    };
+    for i in 0..30 {
+        set(i).await.unwrap();
+    }
+    cluster.stop_node(0);
+    let mut failed = None;
+    for i in 0..30 {
+        if let Err(e) = set(i).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.expect("some keys live on the stopped primary");
+    assert!(failed.is_unavailable(), "{failed:?}");
+    let cluster = std::sync::Arc::new(cluster);
+    let restarting = cluster.clone();
+    tokio::task::spawn_blocking(move || restarting.restart_node(0))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for i in 0..30 {
+        while let Err(e) = set(i).await {
+            assert!(std::time::Instant::now() < deadline, "{e:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -161,7 +161,17 @@ impl ConsoleBuilder {
     /// Every backend that can use Redis uses the test Redis, under the
     /// context's prefix.
     pub fn redis(self, ctx: &sofiia_testkit::RedisTestContext) -> Self {
-        self.redis_at(&ctx.url, &ctx.prefix)
+        if ctx.cluster {
+            self.redis_cluster_at(&ctx.url, &ctx.prefix)
+        } else {
+            self.redis_at(&ctx.url, &ctx.prefix)
+        }
+    }
+
+    /// Idempotency and rate limits on the Redis Cluster of `nodes`.
+    pub fn redis_cluster_at(self, nodes: &str, prefix: &str) -> Self {
+        self.redis_at("redis://127.0.0.1:1", prefix)
+            .var("SOFIIA_REDIS_CLUSTER_NODES", nodes)
     }
 
     /// Every backend that can use Redis, the chat index included, uses the
