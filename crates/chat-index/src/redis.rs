@@ -44,7 +44,7 @@ const BODY_VERSION: &str = "1";
 /// | --- | --- | --- |
 /// | `activity` | sorted set | one member per chat: `<updated_at>:<chat id>` |
 /// | `message-chat` | hash | message id → chat id, for every stored message |
-/// | `chat:<chat id>` | hash | `title` (absent if none), `node`, `created_at`, `updated_at`, `message_count` |
+/// | `chat:<chat id>` | hash | `title` (absent if none), `node`, `created_at`, `updated_at`, `message_count`; `created_by` (a random id) when made by `create_chat` |
 /// | `messages:<chat id>` | sorted set | one member per message: `<ts>:<message id>` |
 /// | `bodies:<chat id>` | hash | message id → `1\n<role>\n<operator>\n<node>\n<text>` |
 ///
@@ -208,15 +208,21 @@ end
 }
 
 /// `KEYS`: chat, activity. `ARGV`: chat id, has title (`1`/`0`), title,
-/// node, created_at. Replies `{'ok'}`, `{'conflict'}` or
-/// `{'wrong-type', key}`.
+/// node, created_at, call id (random per call). Replies `{'ok'}`,
+/// `{'conflict'}` or `{'wrong-type', key}`. The chat keeps the call id in
+/// `created_by`, so that the same call run twice (a cluster client resends
+/// a command whose connection dropped) answers `ok` both times.
 const CREATE: &str = concat!(
     lua_prelude!(),
     r"
 local bad = wrong_type({KEYS[1], 'hash', KEYS[2], 'zset'})
 if bad then return {'wrong-type', bad} end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'conflict'} end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'created_by') == ARGV[6] then return {'ok'} end
+  return {'conflict'}
+end
 create_chat(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[5])
+redis.call('HSET', KEYS[1], 'created_by', ARGV[6])
 return {'ok'}
 "
 );
@@ -480,7 +486,8 @@ impl RedisChatIndex {
         push_title(&mut invocation, chat.title.as_ref());
         invocation
             .arg(chat.node.as_str())
-            .arg(padded(chat.created_at));
+            .arg(padded(chat.created_at))
+            .arg(uuid::Uuid::new_v4().simple().to_string());
         let reply = self.invoke(&invocation).await?;
         let mut items = Reply::array(reply)?;
         match items.tag()?.as_slice() {
@@ -1011,17 +1018,6 @@ mod tests {
         matches!(r, Err(ChatIndexError::Backend { .. }))
     }
 
-    async fn keys(redis: &RedisTestContext) -> Vec<String> {
-        let mut conn = redis.conn.handle();
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", redis.prefix))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        keys.sort();
-        keys
-    }
-
     async fn cmd<T: redis::FromRedisValue>(redis: &RedisTestContext, cmd: &redis::Cmd) -> T {
         let mut conn = redis.conn.handle();
         cmd.query_async(&mut conn).await.unwrap()
@@ -1048,7 +1044,7 @@ mod tests {
             format!("{p}messages:ops:1.a"),
         ];
         expected.sort();
-        assert_eq!(keys(&redis).await, expected);
+        assert_eq!(redis.keys().await, expected);
 
         let ts = padded(exchange.operator.ts);
         assert_eq!(ts.len(), 15);
@@ -1103,6 +1099,40 @@ mod tests {
         )
         .await;
         assert_eq!(owner, "ops:1.a");
+    }
+
+    /// The create script run twice for one call (a resent command) answers
+    /// `ok` both times; another call for the same chat is a conflict.
+    #[tokio::test]
+    async fn a_create_run_twice_for_one_call_answers_as_once() {
+        let Some(redis) = RedisTestContext::new("chat-index create twice").await else {
+            return;
+        };
+        let store = RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone());
+        let (chat, _) = exchange_fixture("created-twice", "hi", "hello");
+        let mut invocation = store.scripts.create.prepare_invoke();
+        invocation
+            .key(store.chat_key("chat", &chat.id))
+            .key(store.activity_key())
+            .arg(chat.id.as_str());
+        push_title(&mut invocation, chat.title.as_ref());
+        invocation
+            .arg(chat.node.as_str())
+            .arg(padded(chat.created_at))
+            .arg("the-one-call");
+        for run in 0..2 {
+            let reply = store.invoke(&invocation).await.unwrap();
+            let mut items = Reply::array(reply).unwrap();
+            assert_eq!(items.tag().unwrap(), b"ok", "run {run}");
+        }
+        assert!(matches!(
+            store.create_chat(chat.clone()).await,
+            Err(ChatIndexError::Conflict { .. })
+        ));
+        assert_eq!(
+            store.get_chat(&chat.id).await.unwrap(),
+            Some(chat.into_chat())
+        );
     }
 
     #[tokio::test]

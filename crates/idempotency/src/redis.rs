@@ -34,6 +34,7 @@ use crate::{
 /// | `status` | | | decimal, e.g. `200` |
 /// | `headers` | | | version byte `1`, then per header `u32_be` length + name, `u32_be` length + value |
 /// | `body` | | | the bytes |
+/// | `completed_by` | | | 16 random bytes naming the complete call |
 ///
 /// Every key has a TTL: the lease while in flight (a lease expires by its
 /// key expiring), the keep time while pending, the result TTL once
@@ -46,7 +47,10 @@ use crate::{
 /// again after a Redis restart), so no two instances can interleave inside
 /// one: reserve reads and, if the key is free or its pending result is
 /// orphaned, takes it; the others compare the lease token first (fencing)
-/// and change nothing on a mismatch. Redis 6.2 or later is needed
+/// and change nothing on a mismatch. A script run twice for one call (a
+/// cluster client resends a command whose connection dropped before the
+/// reply) answers the second time as it did the first: reserve knows its
+/// own token, complete its own call id. Redis 6.2 or later is needed
 /// (multi-field `HSET`, scripts replicated by their effects).
 ///
 /// # Redis Cluster
@@ -92,7 +96,13 @@ local key = KEYS[1]
 /// `{'pending', ms left}`, `{'resume', pending}` or
 /// `{'completed', status, headers, body}`.
 const RESERVE: &str = r"
-local found = redis.call('HMGET', key, 'state', 'fingerprint', 'lease_until')
+local found = redis.call('HMGET', key, 'state', 'fingerprint', 'lease_until', 'token')
+if found[4] == ARGV[2] and (found[1] == 'inflight' or found[1] == 'pending') then
+  -- This very call, run again (a cluster client resends a command whose
+  -- connection dropped): answer as the first run did.
+  if found[1] == 'inflight' then return {'acquired'} end
+  return {'resume', redis.call('HGET', key, 'pending')}
+end
 if not found[1] then
   -- Free (absent or expired). DEL drops stray fields of a damaged hash.
   redis.call('DEL', key)
@@ -138,14 +148,19 @@ redis.call('PEXPIRE', key, ARGV[4])
 return 1
 ";
 
-/// `ARGV`: token, result TTL in ms, status, headers, body. Replies 1 if
-/// stored, 0 if the lease does not hold the key.
+/// `ARGV`: token, result TTL in ms, status, headers, body, call id (random
+/// per call). Replies 1 if stored, 0 if the lease does not hold the key.
 const COMPLETE: &str = r"
-local found = redis.call('HMGET', key, 'state', 'token')
+local found = redis.call('HMGET', key, 'state', 'token', 'completed_by')
+if found[1] == 'completed' and found[3] == ARGV[6] then
+  -- This very call, run again: it stored the result the first time.
+  return 1
+end
 if found[2] ~= ARGV[1] or (found[1] ~= 'inflight' and found[1] ~= 'pending') then
   return 0
 end
-redis.call('HSET', key, 'state', 'completed', 'status', ARGV[3], 'headers', ARGV[4], 'body', ARGV[5])
+redis.call('HSET', key, 'state', 'completed', 'status', ARGV[3], 'headers', ARGV[4], 'body', ARGV[5],
+  'completed_by', ARGV[6])
 redis.call('HDEL', key, 'token', 'lease_until', 'pending')
 redis.call('PEXPIRE', key, ARGV[2])
 return 1
@@ -326,7 +341,8 @@ impl IdempotencyStore for RedisIdempotencyStore {
                     .arg(millis_arg(ttl))
                     .arg(response.status)
                     .arg(encode_headers(&response.headers))
-                    .arg(&response.body[..]),
+                    .arg(&response.body[..])
+                    .arg(&LeaseToken::random()?.0[..]),
             )
             .await?;
         held(reply)
@@ -532,6 +548,66 @@ mod tests {
         }
         assert!(RedisStoreError::from(CallError::Timeout(Duration::from_secs(1))).is_unavailable());
         assert!(!RedisStoreError::Reply("x").is_unavailable());
+    }
+
+    /// A cluster client resends a command whose connection dropped before
+    /// its reply, so a script may run twice for one call: the second run
+    /// answers as the first did, and a second call is still refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_script_run_twice_for_one_call_answers_as_once() {
+        let Some(redis) = RedisTestContext::new("idempotency scripts run twice").await else {
+            return;
+        };
+        let store = RedisIdempotencyStore::new(redis.conn.clone(), redis.prefix.clone());
+        let k = key(1);
+        let token = LeaseToken::random().unwrap();
+        let fingerprint = fp("a");
+        let mut reserve = store.reserve.prepare_invoke();
+        reserve
+            .key(store.redis_key(&k))
+            .arg(&fingerprint.0[..])
+            .arg(&token.0[..])
+            .arg(60_000);
+        for run in 0..2 {
+            let reply = store.invoke(&reserve).await.unwrap();
+            assert!(
+                matches!(
+                    parse_reservation(reply, token, LONG_TTL).unwrap(),
+                    Reservation::Acquired(_)
+                ),
+                "run {run}"
+            );
+        }
+        // Anyone else still waits.
+        assert!(matches!(
+            store.reserve(&k, &fingerprint, LONG_TTL).await.unwrap(),
+            Reservation::InFlight { .. }
+        ));
+
+        let answer = response();
+        let call = LeaseToken::random().unwrap();
+        let mut complete = store.complete.prepare_invoke();
+        complete
+            .key(store.redis_key(&k))
+            .arg(&token.0[..])
+            .arg(60_000)
+            .arg(answer.status)
+            .arg(encode_headers(&answer.headers))
+            .arg(&answer.body[..])
+            .arg(&call.0[..]);
+        for run in 0..2 {
+            let reply = store.invoke(&complete).await.unwrap();
+            assert!(held(reply).is_ok(), "run {run}");
+        }
+        // A second call with the spent lease is refused, as the suite wants.
+        assert!(matches!(
+            store.complete(&k, &token, &answer, LONG_TTL).await,
+            Err(IdempotencyError::LeaseLost)
+        ));
+        match store.reserve(&k, &fingerprint, LONG_TTL).await.unwrap() {
+            Reservation::Completed(stored) => assert_eq!(stored, answer),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

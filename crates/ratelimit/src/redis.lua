@@ -3,7 +3,7 @@
 -- KEYS[i]      the bucket of charge i (on a cluster, all in one hash slot)
 -- ARGV[1]      now in microseconds since the epoch, or '' to use TIME
 -- ARGV[2]      milliseconds each key lives past its idle time
--- ARGV[3]      'charge', 'peek' or 'refund'
+-- ARGV[3]      'charge', 'peek' or 'refund:<id>'
 -- ARGV[2 + 2i] charge i's emission interval T in microseconds
 -- ARGV[3 + 2i] charge i's count N (its window W is N * T)
 --
@@ -19,9 +19,13 @@
 -- Returns {allowed (1 or 0), now, tat_1, ..., tat_n}, tat_i being bucket
 -- i's TAT raised to at least now, just before charge i.
 --
--- 'refund' takes back one earlier 'charge' of the same charges (a decision
--- spread over several slots whose later part was refused): each TAT moves
--- back by T, and a bucket left idle is deleted. Returns {1, now}.
+-- 'refund:<id>' takes back one earlier 'charge' of the same charges (a
+-- decision spread over several slots whose later part was refused): each
+-- TAT moves back by T, and a bucket left idle is deleted. <id> names the
+-- refund: a marker key beside KEYS[1] (same hash tag, so same slot) makes
+-- a second run of it (a cluster client resending a command whose
+-- connection dropped) a no-op, so no charge is ever taken back twice.
+-- Returns {1, now}.
 
 local now
 if ARGV[1] == '' then
@@ -56,11 +60,15 @@ local function write(key, tat)
   end
 end
 
-if mode == 'refund' then
+if string.sub(mode, 1, 7) == 'refund:' then
   -- Every value is checked before the first write.
   for i = 1, #KEYS do
     local tat = stored_tat(KEYS[i])
     if type(tat) == 'table' then return tat end
+  end
+  local marker = KEYS[1] .. ':refund:' .. string.sub(mode, 8)
+  if not redis.call('SET', marker, '1', 'NX', 'PX', 60000) then
+    return {1, now}
   end
   for i = 1, #KEYS do
     local tat = stored_tat(KEYS[i])

@@ -138,7 +138,11 @@ impl RedisOptions {
 /// (their TATs move back by one interval). Quotas stay exact: a request is
 /// allowed only after every bucket admitted it, so no bucket ever admits
 /// more than its quota, and a refused request keeps no charge once the
-/// decision returns. While a refused decision is taking its charges back, a
+/// decision returns. The cluster client resends a command whose connection
+/// dropped before its reply, so a script may run twice: a charge run twice
+/// only makes its buckets stricter, and each refund carries an id (a
+/// marker key in its bucket's slot, kept a minute) so that it is taken
+/// back once. While a refused decision is taking its charges back, a
 /// concurrent request may see them and be refused too: the error is only
 /// ever on the strict side. If Redis fails in the middle, the charges made
 /// are taken back when possible and the caller gets the failure; one that
@@ -288,7 +292,8 @@ impl RedisRateLimiter {
     ) -> Result<(), RedisError> {
         let mut scratch = vec![0; charges.len()];
         for group in groups {
-            self.run(Mode::Refund, now, group, charges, keys, &mut scratch)
+            let id = u128::from_le_bytes(*uuid::Uuid::new_v4().as_bytes());
+            self.run(Mode::Refund(id), now, group, charges, keys, &mut scratch)
                 .await?;
         }
         Ok(())
@@ -310,7 +315,7 @@ impl RedisRateLimiter {
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(now);
         invocation.arg(u64::try_from(self.options.ttl_grace.as_millis()).unwrap_or(u64::MAX));
-        invocation.arg(mode.as_str());
+        invocation.arg(mode.arg());
         for &i in group {
             invocation.key(&keys[i]);
             invocation.arg(charges[i].quota.interval_micros());
@@ -320,7 +325,8 @@ impl RedisRateLimiter {
             sofiia_redis_support::invoke(&self.conn, self.options.timeout, &invocation).await?;
         let reply: Vec<i64> = redis::FromRedisValue::from_redis_value(reply)
             .map_err(|_| RedisError::UnexpectedReply)?;
-        let expected = if mode == Mode::Refund { 0 } else { group.len() };
+        let refund = matches!(mode, Mode::Refund(_));
+        let expected = if refund { 0 } else { group.len() };
         let (script_allowed, script_now, script_tats) = match reply.as_slice() {
             [allowed, now, tats @ ..] if tats.len() == expected => (*allowed, *now, tats),
             _ => return Err(RedisError::UnexpectedReply),
@@ -329,7 +335,7 @@ impl RedisRateLimiter {
         for (&i, &tat) in group.iter().zip(script_tats) {
             tats[i] = u64::try_from(tat).map_err(|_| RedisError::UnexpectedReply)?;
         }
-        if mode != Mode::Refund {
+        if !refund {
             // The script wrote (or not) by its own arithmetic; a report that
             // disagrees with it must not reach the caller.
             let mine = group
@@ -350,16 +356,17 @@ enum Mode {
     Charge,
     /// Decide and charge nothing.
     Peek,
-    /// Take back one earlier charge.
-    Refund,
+    /// Take back one earlier charge, once: the id names the refund.
+    Refund(u128),
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
+    /// The script's mode argument.
+    fn arg(self) -> String {
         match self {
-            Mode::Charge => "charge",
-            Mode::Peek => "peek",
-            Mode::Refund => "refund",
+            Mode::Charge => "charge".into(),
+            Mode::Peek => "peek".into(),
+            Mode::Refund(id) => format!("refund:{id:032x}"),
         }
     }
 }
@@ -488,9 +495,12 @@ mod tests {
 
     /// A limiter in `redis` on the test clock, keeping the context.
     fn on_clock(redis: RedisTestContext, clock: Arc<ManualClock>) -> TestLimiter {
-        let limiter =
-            RedisRateLimiter::with_options(redis.conn.clone(), &redis.prefix, client_time(clock));
+        let limiter = on_client_clock(&redis, clock);
         TestLimiter::with_guard(limiter, redis)
+    }
+
+    fn on_client_clock(redis: &RedisTestContext, clock: Arc<ManualClock>) -> RedisRateLimiter {
+        RedisRateLimiter::with_options(redis.conn.clone(), &redis.prefix, client_time(clock))
     }
 
     fn client_time(clock: Arc<ManualClock>) -> RedisOptions {
@@ -523,11 +533,7 @@ mod tests {
                 return;
             };
             let clock = Arc::new(ManualClock::default());
-            let limiter = RedisRateLimiter::with_options(
-                redis.conn.clone(),
-                &redis.prefix,
-                client_time(clock.clone()),
-            );
+            let limiter = on_client_clock(&redis, clock.clone());
             let memory = MemoryRateLimiter::new(clock.clone(), 1000);
             let send = |chat: &str, operator: &str| {
                 [
@@ -580,6 +586,32 @@ mod tests {
             );
             assert!(last.allowed);
             assert_eq!(last.policies[0].remaining, 0);
+        }
+
+        /// A refund run twice (a resent command) takes the charge back
+        /// once: the bucket is never left with room beyond its quota.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_refund_run_twice_takes_back_one_charge() {
+            let Some(redis) = RedisTestContext::cluster("ratelimit-refund-twice").await else {
+                return;
+            };
+            let clock = Arc::new(ManualClock::default());
+            let limiter = on_client_clock(&redis, clock.clone());
+            let charges = [charge("chat", "twice", "3/min")];
+            for _ in 0..3 {
+                assert!(limiter.check(&charges).await.unwrap().allowed);
+            }
+            let keys = vec![limiter.bucket_key("chat", "twice")];
+            let now = limiter.now_arg().unwrap();
+            let mut scratch = vec![0];
+            for _ in 0..2 {
+                limiter
+                    .run(Mode::Refund(7), &now, &[0], &charges, &keys, &mut scratch)
+                    .await
+                    .unwrap();
+            }
+            assert!(limiter.check(&charges).await.unwrap().allowed, "one back");
+            assert!(!limiter.check(&charges).await.unwrap().allowed, "only one");
         }
 
         /// Each chat's and operator's buckets are keys of their own slots,
@@ -787,8 +819,11 @@ mod tests {
             );
         }
         // All or none: the operator bucket was not charged by either (on a
-        // cluster: charged on its own primary, then taken back).
-        assert_eq!(redis.key_count().await, 2);
+        // cluster: charged on its own primary, then taken back, which leaves
+        // only the refunds' short-lived markers).
+        let keys = redis.keys().await;
+        let buckets: Vec<&String> = keys.iter().filter(|k| !k.contains(":refund:")).collect();
+        assert_eq!(buckets.len(), 2, "{keys:?}");
     }
 
     /// Nothing listens: `Unavailable` from the refused connection itself,

@@ -182,14 +182,24 @@ impl RedisTestContext {
     ///
     /// If Redis fails.
     pub async fn key_count(&self) -> usize {
+        self.keys().await.len()
+    }
+
+    /// The keys under this context's prefix, sorted.
+    ///
+    /// # Panics
+    ///
+    /// If Redis fails.
+    pub async fn keys(&self) -> Vec<String> {
         let mut conn = self.conn.handle();
         // On a cluster, redis-rs asks every primary and joins the replies.
-        let keys: Vec<String> = redis::cmd("KEYS")
+        let mut keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.prefix))
             .query_async(&mut conn)
             .await
             .expect("KEYS");
-        keys.len()
+        keys.sort();
+        keys
     }
 }
 
