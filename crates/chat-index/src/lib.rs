@@ -85,6 +85,7 @@ use sofiia_core_domain::{Chat, ChatId, Exchange, Message, NewChat, Page, PageReq
 mod exchange;
 mod import;
 mod memory;
+pub mod migrate;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
