@@ -14,12 +14,21 @@ use serde_json::Value;
 use sofiia_audit_store::{AuditQuery, AuditStore, SqliteAuditStore};
 use sofiia_core_domain::PageLimit;
 
-fn audit_bytes(dir: &Path) -> u64 {
-    ["sofiia.db", "sofiia.db-wal", "sofiia.db-shm"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum()
+/// Bytes of the data dir's SQLite file in use, as a reader sees it (what the
+/// WAL holds included): pages less free pages. File sizes would not do: the
+/// WAL and shared-memory files go when the console stops, and they may
+/// outweigh what the flood added.
+fn audit_bytes(dir: &Path) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("sofiia.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let pragma = |name: &str| -> i64 {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    (pragma("page_count") - pragma("freelist_count")) * pragma("page_size")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
