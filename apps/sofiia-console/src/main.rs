@@ -40,7 +40,7 @@ enum Command {
     AuditVerify,
     /// Validate the configuration exactly as `serve` would and print the
     /// effective settings (without secrets) as JSON; exit 2 if invalid.
-    CheckConfig,
+    CheckConfig(CheckConfigArgs),
     /// Copy the chat index from one backend to another, then verify that
     /// both hold the same chats and messages; exit 1 on any difference.
     ///
@@ -57,6 +57,15 @@ enum Command {
     /// The PostgreSQL trail must be empty (or hold this trail already, when
     /// nothing is done). All or nothing: run it again after a failure.
     MigrateAudit(MigrateAuditArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckConfigArgs {
+    /// Also bring the schema of every PostgreSQL store to this release's
+    /// version (as `serve` does at start) and report it under
+    /// `postgres_schema`; exit 1 if that fails.
+    #[arg(long)]
+    migrate: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,7 +150,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(settings, logger),
         Command::PruneAudit(args) => run_tool(&logger, prune_audit(&settings, &args)),
         Command::AuditVerify => run_tool(&logger, audit_verify(&settings)),
-        Command::CheckConfig => check_config(&settings),
+        Command::CheckConfig(args) => check_config(&settings, &args, &logger),
         Command::MigrateChatIndex(args) => run_tool(&logger, migrate_chat_index(&settings, &args)),
         Command::MigrateAudit(_) => run_tool(&logger, migrate_audit(&settings)),
     };
@@ -310,18 +319,9 @@ async fn migrate_chat_index(settings: &Settings, args: &MigrateArgs) -> Result<E
     }
 }
 
-fn check_config(settings: &Settings) -> ExitCode {
-    match sofiia_console::tools::config_report(settings) {
-        Ok(report) => {
-            #[allow(clippy::print_stdout)]
-            {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
-            }
-            ExitCode::SUCCESS
-        }
+fn check_config(settings: &Settings, args: &CheckConfigArgs, logger: &slog::Logger) -> ExitCode {
+    let mut report = match sofiia_console::tools::config_report(settings) {
+        Ok(report) => report,
         Err(e) => {
             #[allow(clippy::print_stderr)]
             {
@@ -330,7 +330,27 @@ fn check_config(settings: &Settings) -> ExitCode {
                     sofiia_console::problem::error_chain(&*e)
                 );
             }
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    if args.migrate {
+        let migrated = run_tool(logger, async {
+            let versions = sofiia_console::tools::migrate_postgres(settings)
+                .await
+                .map_err(|e| sofiia_console::problem::error_chain(&*e))?;
+            report["postgres_schema"] = versions;
+            Ok(ExitCode::SUCCESS)
+        });
+        if migrated != ExitCode::SUCCESS {
+            return migrated;
         }
     }
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    }
+    ExitCode::SUCCESS
 }

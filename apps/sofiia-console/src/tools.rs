@@ -426,6 +426,47 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// What `check-config --migrate` does: brings the schema of every
+/// PostgreSQL store `settings` use to its newest version, as `serve` would
+/// at start, and reports each store's version (`{"audit": 1, ...}`).
+/// Idempotent; under PostgreSQL's advisory lock, so consoles starting at
+/// the same time wait rather than race. SQLite files are migrated when the
+/// console opens them.
+///
+/// # Errors
+///
+/// PostgreSQL does not answer, or a migration fails (nothing of it is
+/// left) or finds a schema newer than this release.
+pub async fn migrate_postgres(settings: &Settings) -> Result<serde_json::Value, BoxError> {
+    let mut stores = Vec::new();
+    if settings.audit_backend == AuditBackend::Postgres {
+        stores.push(PostgresAuditStore::schema());
+    }
+    if settings.chat_index_backend == crate::config::ChatIndexBackend::Postgres {
+        stores.push(PostgresChatIndex::schema());
+    }
+    let mut versions = serde_json::Map::new();
+    if stores.is_empty() {
+        return Ok(serde_json::Value::Object(versions));
+    }
+    let pool = sofiia_postgres_support::PostgresPool::open(
+        &settings.postgres_url,
+        sofiia_postgres_support::PoolOptions::default().with_max_connections(1),
+    )?;
+    for schema in stores {
+        let version = pool.migrate(schema).await.map_err(|e| {
+            format!(
+                "migrating {} at {}: {}",
+                schema.store,
+                redact_url(&settings.postgres_url),
+                sofiia_core_domain::error_chain(&e)
+            )
+        })?;
+        versions.insert(schema.store.to_owned(), version.into());
+    }
+    Ok(serde_json::Value::Object(versions))
+}
+
 /// What `check-config` prints: the effective settings, every value `serve`
 /// would use, without a secret. Building the node router is part of the
 /// check, as at start.

@@ -10,12 +10,13 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use serde_json::Value;
 use sofiia_chat_index::{ChatIndexStore, DynChatIndexStore, RedisChatIndex, SqliteChatIndex};
 use sofiia_core_domain::{
     Chat, ChatId, ChatTitle, Exchange, Message, MessageId, NewChat, NodeId, OperatorId, Page,
     PageLimit, PageRequest, Role, Timestamp,
 };
-use sofiia_testkit::RedisTestContext;
+use sofiia_testkit::{PostgresTestDatabase, RedisTestContext};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sofiia-console");
 const START_MS: i64 = 1_767_225_600_000;
@@ -93,14 +94,20 @@ fn migrate(data: &Path, redis: &RedisTestContext) -> Command {
     migrate_between(data, redis, "sqlite", "redis")
 }
 
-/// A migration run `from` one index `to` another.
-fn migrate_between(data: &Path, redis: &RedisTestContext, from: &str, to: &str) -> Command {
+/// The binary with a clean `SOFIIA_*` environment.
+fn clean_command() -> Command {
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("SOFIIA_") {
             cmd.env_remove(key);
         }
     }
+    cmd
+}
+
+/// A migration run `from` one index `to` another.
+fn migrate_between(data: &Path, redis: &RedisTestContext, from: &str, to: &str) -> Command {
+    let mut cmd = clean_command();
     cmd.env("SOFIIA_DATA_DIR", data)
         .env("SOFIIA_REDIS_URL", &redis.url)
         .env("SOFIIA_REDIS_PREFIX", &redis.prefix)
@@ -432,12 +439,7 @@ async fn a_migration_resumed_after_a_kill_or_a_partial_import_ends_identical() {
 #[test]
 fn a_missing_source_or_an_unreachable_redis_stops_with_a_clear_message() {
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SOFIIA_") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = clean_command();
     cmd.env("SOFIIA_DATA_DIR", data.path()).args([
         "migrate-chat-index",
         "--from",
@@ -487,7 +489,7 @@ async fn sqlite_and_redis_indexes_move_to_postgres_and_page_identically() {
     let Some(redis) = RedisTestContext::new(test).await else {
         return;
     };
-    let Some(pg) = sofiia_testkit::PostgresTestDatabase::new(test).await else {
+    let Some(pg) = PostgresTestDatabase::new(test).await else {
         return;
     };
     let data = tempfile::tempdir().unwrap();
@@ -523,4 +525,58 @@ async fn sqlite_and_redis_indexes_move_to_postgres_and_page_identically() {
         "{stdout}"
     );
     assert!(stdout.contains("verified:"), "{stdout}");
+}
+
+/// `check-config --migrate` brings the PostgreSQL stores' schemas to this
+/// release's versions ahead of a rollout, reports them, and changes nothing
+/// when run again; an unreachable PostgreSQL fails it with exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_migrate_brings_the_postgres_schemas_up_ahead_of_start() {
+    let Some(db) = PostgresTestDatabase::new("check_config_migrate").await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let check = |url: &str| {
+        let mut cmd = clean_command();
+        cmd.env("SOFIIA_DATA_DIR", data.path())
+            .env("SOFIIA_AUDIT_BACKEND", "postgres")
+            .env("SOFIIA_CHAT_INDEX_BACKEND", "postgres")
+            .env("SOFIIA_POSTGRES_URL", url)
+            .args(["check-config", "--migrate"]);
+        run(&mut cmd)
+    };
+    let pool = sofiia_postgres_support::PostgresPool::open(&db.url, Default::default()).unwrap();
+    let client = pool.get().await.unwrap();
+    let tables = || async {
+        client
+            .query(
+                "SELECT count(*) FROM information_schema.tables
+                 WHERE table_name IN ('audit_events', 'chat_index_chats')",
+                &[],
+            )
+            .await
+            .unwrap()[0]
+            .get::<_, i64>(0)
+    };
+    assert_eq!(tables().await, 0);
+    let mut versions = Vec::new();
+    for _ in 0..2 {
+        let (out, stdout, stderr) = check(&db.url);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        let schema = report["postgres_schema"].clone();
+        assert!(schema["audit"].as_u64().unwrap() >= 1, "{schema}");
+        assert!(schema["chat_index"].as_u64().unwrap() >= 1, "{schema}");
+        versions.push(schema);
+    }
+    assert_eq!(versions[0], versions[1], "a second run changes nothing");
+    assert_eq!(tables().await, 2);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let (out, stdout, stderr) = check(&format!("postgres://postgres@127.0.0.1:{port}/x"));
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stderr.contains("migrating audit at"), "{stderr}");
 }

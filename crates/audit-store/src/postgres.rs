@@ -196,6 +196,12 @@ struct Append {
 }
 
 impl PostgresAuditStore {
+    /// The store's schema, which [`open`](Self::open) brings to its newest
+    /// version: for tools that migrate ahead of a rollout
+    /// ([`PostgresPool::migrate`](sofiia_postgres_support::PostgresPool::migrate)).
+    pub fn schema() -> &'static Schema {
+        &SCHEMA
+    }
     /// Opens the trail in the database `pool` connects to, creating or
     /// migrating its tables.
     ///

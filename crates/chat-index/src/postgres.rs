@@ -198,6 +198,12 @@ pub struct PostgresChatIndex {
 }
 
 impl PostgresChatIndex {
+    /// The store's schema, which [`open`](Self::open) brings to its newest
+    /// version: for tools that migrate ahead of a rollout
+    /// ([`PostgresPool::migrate`](sofiia_postgres_support::PostgresPool::migrate)).
+    pub fn schema() -> &'static Schema {
+        &SCHEMA
+    }
     /// The index in the database of `pool`, which other stores may share:
     /// creates this store's tables or brings them up to date (once, however
     /// many instances start at the same time).
