@@ -24,7 +24,7 @@
 #![allow(missing_docs, clippy::print_stderr, clippy::unwrap_used)]
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group};
 use sofiia_chat_index::{DynChatIndexStore, SqliteChatIndex};
@@ -245,7 +245,7 @@ fn bench_redis(c: &mut Criterion, rt: &tokio::runtime::Runtime, n: usize) {
     let store = sofiia_chat_index::RedisChatIndex::new(redis.conn.clone(), redis.prefix.clone())
         // Building the dataset runs large scripts; the timed pages are far
         // below either timeout.
-        .with_op_timeout(Duration::from_secs(60));
+        .with_op_timeout(std::time::Duration::from_secs(60));
     let deep = rt.block_on(fill(&store, n, 2_000));
     let bytes = rt.block_on(memory_usage(&redis));
     eprintln!(
