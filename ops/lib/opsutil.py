@@ -65,11 +65,25 @@ def json_get(path: str, dotted: str) -> None:
         print(value)
 
 
+def node_urls(nodes_map: dict) -> list:
+    """(name, URL) per node, or per replica as `NAME[i]` (from 0, as the
+    `replica` label of `sofiia_node_replica_up`) for a node with several."""
+    pairs = []
+    for name, urls in nodes_map.items():
+        replicas = str(urls).split("|")
+        if len(replicas) == 1:
+            pairs.append((name, replicas[0]))
+        else:
+            pairs.extend((f"{name}[{i}]", url) for i, url in enumerate(replicas))
+    return pairs
+
+
 def nodes(path: str) -> None:
-    """`NAME URL` per configured node, in configuration order; nothing for echo."""
+    """`NAME URL` per configured node (`NAME[i] URL` per replica), in
+    configuration order; nothing for echo."""
     with open(path, encoding="utf-8") as f:
         report = json.load(f)
-    for name, url in (report.get("nodes") or {}).items():
+    for name, url in node_urls(report.get("nodes") or {}):
         print(f"{name} {url}")
 
 
@@ -90,7 +104,8 @@ def load_report(path: str) -> dict:
 def shell_vars(path: str, prefix: str) -> None:
     """Bash assignments of every field of a check-config report, for `eval`:
     `PREFIX<path_with_underscores>='value'` (lists comma-joined, null empty),
-    and the nodes as the arrays PREFIXnode_names and PREFIXnode_urls."""
+    and the nodes as the arrays PREFIXnode_names and PREFIXnode_urls (one
+    entry per replica, named `NAME[i]`, for a node with several)."""
     if not re.fullmatch(r"[a-z_]+", prefix):
         fail(f"bad prefix {prefix}", 2)
     report = load_report(path)
@@ -119,8 +134,9 @@ def shell_vars(path: str, prefix: str) -> None:
         if key != "nodes":
             walk(key, value)
     emit("nodes_set", bool(nodes_map))
-    names = " ".join(shlex.quote(n) for n in nodes_map)
-    urls = " ".join(shlex.quote(u) for u in nodes_map.values())
+    pairs = node_urls(nodes_map)
+    names = " ".join(shlex.quote(n) for n, _ in pairs)
+    urls = " ".join(shlex.quote(u) for _, u in pairs)
     print(f"{prefix}node_names=({names})")
     print(f"{prefix}node_urls=({urls})")
 

@@ -139,7 +139,27 @@ async fn probe(state: &Probed) -> Health {
         let router = state.router.clone();
         async move {
             let result = tokio::time::timeout(CHECK_TIMEOUT, router.probe(node)).await;
-            (node.to_string(), check_result(result))
+            let mut result = check_result(result);
+            let replicas = router.replicas(node);
+            if replicas.len() > 1 {
+                result["replicas"] = replicas
+                    .iter()
+                    .map(|r| {
+                        metrics::gauge!("sofiia_node_replica_up",
+                            "node" => node.to_string(), "replica" => r.index.to_string())
+                        .set(if r.resting_for.is_some() { 0.0 } else { 1.0 });
+                        match r.resting_for {
+                            None => json!({"index": r.index, "status": "ok"}),
+                            Some(left) => json!({
+                                "index": r.index,
+                                "status": "resting",
+                                "resting_ms": u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                            }),
+                        }
+                    })
+                    .collect();
+            }
+            (node.to_string(), result)
         }
     });
     let nodes: Map<String, Value> = join_all(probes).await.into_iter().collect();

@@ -151,6 +151,10 @@ pub fn describe_metrics() {
         "Whether a node answered its last probe (1) or not (0), by node."
     );
     describe_gauge!(
+        "sofiia_node_replica_up",
+        "Whether sends use a node's replica (1) or it rests after failing (0), by node and replica index."
+    );
+    describe_gauge!(
         "sofiia_build_info",
         "Always 1; the labels name the running build's version and git revision."
     );

@@ -489,7 +489,8 @@ pub fn config_report(settings: &Settings) -> Result<serde_json::Value, BoxError>
             .map(|node| {
                 (
                     node.to_string(),
-                    json!(n.base_url(node).unwrap_or_default()),
+                    // As `SOFIIA_NODES` lists them: replicas `|`-separated.
+                    json!(n.replicas(node).unwrap_or_default().join("|")),
                 )
             })
             .collect::<serde_json::Map<_, _>>()

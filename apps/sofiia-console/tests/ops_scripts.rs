@@ -484,8 +484,13 @@ async fn preflight_fails_when_a_node_does_not_answer() {
     };
     let mut deployment = Deployment::new(&redis.url, &redis.prefix).await;
     let noda1 = deployment.nodes[0].base_url();
+    let noda2 = deployment.nodes[1].base_url();
     let dead = format!("http://127.0.0.1:{}", dead_port());
-    deployment.set("SOFIIA_NODES", &format!("NODA1={noda1},NODA2={dead}"));
+    // NODA2's second replica is the dead one: each replica is checked.
+    deployment.set(
+        "SOFIIA_NODES",
+        &format!("NODA1={noda1},NODA2={noda2}|{dead}"),
+    );
 
     let out = run(deployment
         .script("preflight_sofiia_console.sh", &[])
@@ -494,17 +499,16 @@ async fn preflight_fails_when_a_node_does_not_answer() {
     assert_eq!(
         out.with_status("FAIL"),
         [format!(
-            "FAIL node NODA2: {dead}/v1/health does not answer: connection refused"
+            "FAIL node NODA2[1]: {dead}/v1/health does not answer: connection refused"
         )],
         "{out}"
     );
-    assert!(
-        has_line(
-            &out,
-            &format!("PASS node NODA1: {noda1}/v1/health answered HTTP 200")
-        ),
-        "{out}"
-    );
+    for line in [
+        format!("PASS node NODA1: {noda1}/v1/health answered HTTP 200"),
+        format!("PASS node NODA2[0]: {noda2}/v1/health answered HTTP 200"),
+    ] {
+        assert!(has_line(&out, &line), "{line} in {out}");
+    }
     assert_eq!(out.last_line(), "RESULT: FAIL", "{out}");
 }
 

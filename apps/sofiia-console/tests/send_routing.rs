@@ -244,3 +244,86 @@ async fn the_builtin_echo_node_answers_when_no_nodes_are_configured() {
     );
     console.stop().await;
 }
+
+/// `SOFIIA_NODES` with replicas: sends pass over a dead replica and one
+/// answering 500 (with the same node-side key), that replica rests, and
+/// `/api/ready` shows it; with every replica down a send is 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_fail_over_between_a_nodes_replicas() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let live = stub("NODA1").await;
+    let failing = stub_with("NODA1", Duration::ZERO, Some(500)).await;
+    let console = ConsoleBuilder::new()
+        .var(
+            "SOFIIA_NODES",
+            &format!("NODA1={dead}|{}|{}", failing.base_url(), live.base_url()),
+        )
+        .start()
+        .await;
+    for i in 0..10 {
+        let res = console
+            .send_text("replicated", &format!("replica-key-{i:02}"), "hi")
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    assert_eq!(
+        live.call_count(),
+        10,
+        "every send answered by the live replica"
+    );
+    let tried = failing.calls();
+    assert!(
+        !tried.is_empty() && tried.len() < 10,
+        "rested: {} tries",
+        tried.len()
+    );
+    for call in &tried {
+        assert_eq!(
+            live.calls()
+                .iter()
+                .filter(|c| c.idempotency_key == call.idempotency_key)
+                .count(),
+            1,
+            "the send it failed went on with the same node-side key"
+        );
+    }
+    // Readiness is probed at most once a second: wait for a probe after
+    // the sends.
+    let mut ready = console.get("/api/ready", ALICE).await;
+    for _ in 0..30 {
+        if ready.json()["nodes"]["NODA1"]["replicas"][0]["status"] == "resting" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = console.get("/api/ready", ALICE).await;
+    }
+    let replicas = &ready.json()["nodes"]["NODA1"]["replicas"];
+    assert_eq!(
+        ready.json()["nodes"]["NODA1"]["status"],
+        "ok",
+        "{}",
+        ready.text
+    );
+    assert_eq!(replicas[0]["status"], "resting", "{}", ready.text);
+    assert_eq!(replicas[1]["status"], "resting", "{}", ready.text);
+    assert_eq!(replicas[2]["status"], "ok", "{}", ready.text);
+    let metrics = console.get("/metrics", ALICE).await.text;
+    assert!(
+        metrics.contains(r#"sofiia_node_replica_up{node="NODA1",replica="2"} 1"#),
+        "{metrics}"
+    );
+    console.stop().await;
+
+    let console = ConsoleBuilder::new()
+        .var("SOFIIA_NODES", &format!("NODA1={dead}|{dead}/other"))
+        .start()
+        .await;
+    let res = console
+        .send_text("replicated", "replica-key-down", "hi")
+        .await;
+    res.problem(502);
+    console.stop().await;
+}

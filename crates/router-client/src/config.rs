@@ -10,9 +10,11 @@ use sofiia_core_domain::{NodeId, ValidationError};
 /// URL, and the default node.
 ///
 /// Built from the `SOFIIA_NODES` syntax, `NAME=URL` entries separated by
-/// commas:
+/// commas, where a node with replicas lists their URLs separated by `|`
+/// (`NODA1=http://a:9001|http://b:9001`):
 ///
 /// - every name is a valid [`NodeId`] and appears once;
+/// - a node's replicas are distinct;
 /// - every URL is absolute `http://host[:port][/path]`, without user info,
 ///   query or fragment; trailing slashes are dropped, so `http://h:1/` and
 ///   `http://h:1` are the same base. `https://` needs the crate feature
@@ -46,7 +48,8 @@ use sofiia_core_domain::{NodeId, ValidationError};
 pub struct NodesConfig {
     // Parallel vectors so `nodes()` can hand out a slice for `NodeRouter::nodes`.
     nodes: Vec<NodeId>,
-    bases: Vec<String>,
+    /// Each node's replicas, in configuration order; never empty.
+    bases: Vec<Vec<String>>,
     default: usize,
 }
 
@@ -93,6 +96,14 @@ pub enum ConfigError {
     MissingUrl {
         /// The node.
         node: NodeId,
+    },
+    /// A node lists the same replica twice.
+    #[error("node {node} lists replica {replica} twice")]
+    DuplicateReplica {
+        /// The node.
+        node: NodeId,
+        /// The second listing's position, counted from 1.
+        replica: usize,
     },
     /// A node's URL is `https://` but this build has no TLS support.
     #[error(
@@ -227,12 +238,22 @@ impl NodesConfig {
             if nodes.contains(&node) {
                 return Err(ConfigError::DuplicateNode { node });
             }
-            let base = match parse_base_url(url.as_ref()) {
-                Ok(base) => base,
-                Err(problem) => return Err(problem.into_error(node)),
-            };
+            let mut replicas: Vec<String> = Vec::new();
+            for (r, raw) in url.as_ref().split('|').enumerate() {
+                let base = match parse_base_url(raw) {
+                    Ok(base) => base,
+                    Err(problem) => return Err(problem.into_error(node)),
+                };
+                if replicas.contains(&base) {
+                    return Err(ConfigError::DuplicateReplica {
+                        node,
+                        replica: r + 1,
+                    });
+                }
+                replicas.push(base);
+            }
             nodes.push(node);
-            bases.push(base);
+            bases.push(replicas);
         }
         if nodes.is_empty() {
             return Err(ConfigError::Empty);
@@ -287,15 +308,25 @@ impl NodesConfig {
         self.position(node).is_some()
     }
 
-    /// The base URL of `node`, without a trailing slash, or `None` when it is
-    /// not configured. The protocol's paths are appended to it.
+    /// The base URL of `node`'s first replica, without a trailing slash, or
+    /// `None` when it is not configured. The protocol's paths are appended
+    /// to it.
     pub fn base_url(&self, node: &NodeId) -> Option<&str> {
-        self.position(node).map(|index| self.bases[index].as_str())
+        self.position(node)
+            .and_then(|index| self.bases[index].first())
+            .map(String::as_str)
     }
 
-    /// Every node with its base URL, in configuration order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&NodeId, &str)> + '_ {
-        self.nodes.iter().zip(self.bases.iter().map(String::as_str))
+    /// The base URLs of `node`'s replicas, in configuration order (one for
+    /// a node without replicas), or `None` when it is not configured.
+    pub fn replicas(&self, node: &NodeId) -> Option<&[String]> {
+        self.position(node)
+            .map(|index| self.bases[index].as_slice())
+    }
+
+    /// Every node with its replicas' base URLs, in configuration order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&NodeId, &[String])> + '_ {
+        self.nodes.iter().zip(self.bases.iter().map(Vec::as_slice))
     }
 
     fn position(&self, node: &NodeId) -> Option<usize> {
@@ -428,14 +459,38 @@ mod tests {
         );
         assert_eq!(config.base_url(&node("NODA3")), None);
         assert!(config.contains(&node("NODA2")));
-        let pairs: Vec<(&str, &str)> = config.iter().map(|(n, u)| (n.as_str(), u)).collect();
+        let pairs: Vec<(&str, &[String])> = config.iter().map(|(n, u)| (n.as_str(), u)).collect();
         assert_eq!(
             pairs,
             [
-                ("NODA1", "http://10.0.0.1:9000"),
-                ("NODA2", "http://nodes.internal:9001")
+                ("NODA1", &["http://10.0.0.1:9000".to_owned()][..]),
+                ("NODA2", &["http://nodes.internal:9001".to_owned()][..])
             ]
         );
+    }
+
+    #[test]
+    fn a_node_may_list_replicas() {
+        let config =
+            NodesConfig::parse("NODA1=http://a:9001|http://b:9001/,NODA2=http://c:9002").unwrap();
+        assert_eq!(
+            config.replicas(&node("NODA1")).unwrap(),
+            ["http://a:9001", "http://b:9001"]
+        );
+        assert_eq!(config.base_url(&node("NODA1")), Some("http://a:9001"));
+        assert_eq!(config.replicas(&node("NODA2")).unwrap(), ["http://c:9002"]);
+        assert!(config.replicas(&node("NODA3")).is_none());
+        for (bad, problem) in [
+            ("NODA1=http://a:1|", "no URL"),
+            ("NODA1=|http://a:1", "no URL"),
+            ("NODA1=http://a:1|http://a:1/", "replica 2 twice"),
+            ("NODA1=http://a:1|ftp://b:1", "invalid URL"),
+            ("NODA1=http://a:1||http://b:1", "no URL"),
+        ] {
+            let err = NodesConfig::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(problem), "{bad}: {err}");
+            assert!(!err.contains("a:1"), "no URL in messages: {err}");
+        }
     }
 
     #[test]
@@ -630,7 +685,7 @@ mod tests {
             .with_default_name("B")
             .unwrap();
         let debug = format!("{config:?}");
-        assert!(debug.contains(r#""A": "http://a:1""#), "{debug}");
+        assert!(debug.contains(r#""A": ["http://a:1"]"#), "{debug}");
         assert!(debug.contains(r#"default: NodeId("B")"#), "{debug}");
     }
 }

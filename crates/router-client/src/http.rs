@@ -2,7 +2,9 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
@@ -14,7 +16,7 @@ use crate::config::{ConfigError, NodesConfig};
 use crate::protocol::{
     HEALTH_PATH, IDEMPOTENCY_KEY_HEADER, INFER_PATH, InferBody, MAX_REPLY_BYTES, REQUEST_ID_HEADER,
 };
-use crate::{InferReply, InferRequest, NodeRouter, RouterError};
+use crate::{InferReply, InferRequest, NodeRouter, ReplicaStatus, RouterError};
 
 /// Longest time spent opening a TCP connection when the call timeout is
 /// longer: a node that does not accept within this is treated as unreachable
@@ -24,6 +26,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound of a probe's timeout: readiness checks must answer quickly even
 /// when infer calls may take long.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a replica that failed is rested before sends try it again,
+/// unless [`HttpRouter::with_cooldown`] says otherwise.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// How long an unused pooled connection is kept. Below the usual server-side
 /// keep-alive limits would be ideal, but nodes vary; stale connections are
@@ -35,11 +41,26 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// One pooled client serves every node, so consecutive sends to a node reuse
 /// connections. Each infer call has one deadline covering connecting, sending,
-/// waiting and reading the whole reply; the reply body is read up to
-/// [`MAX_REPLY_BYTES`]. Redirects are not followed (a 3xx is a
-/// [`RouterError::Status`]) so the operator's text never goes anywhere but the
-/// configured node, and proxy environment variables are ignored for the same
-/// reason.
+/// waiting and reading the whole reply, over every replica it tries; the
+/// reply body is read up to [`MAX_REPLY_BYTES`]. Redirects are not followed
+/// (a 3xx is a [`RouterError::Status`]) so the operator's text never goes
+/// anywhere but the configured node, and proxy environment variables are
+/// ignored for the same reason.
+///
+/// # Replicas
+///
+/// A node may have several replicas. A send goes to one: the replicas that
+/// are not resting take turns, in configuration order. A replica that
+/// refuses the connection (or does not accept it within 5 s) or answers 5xx
+/// has received no part of the send's reply, so the send moves on to the
+/// next replica with the same `Idempotency-Key`; any other failure is the
+/// send's answer. A replica that failed so, or let the deadline pass, is
+/// rested for the cooldown ([`DEFAULT_COOLDOWN`]): sends try the others
+/// first, and try it again once the cooldown is over (a half-open circuit: one
+/// more failure rests it again, a success ends it). When every replica is
+/// resting they are still tried, soonest-rested first, so a node is never
+/// refused without being asked. [`NodeRouter::replicas`] reports each
+/// replica's state.
 ///
 /// Errors: an unconfigured node is [`RouterError::UnknownNode`] before any
 /// I/O; a refused, reset or unresolvable connection, or one not accepted
@@ -48,30 +69,65 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`RouterError::Timeout`]; a non-2xx answer is [`RouterError::Status`]; a
 /// 2xx body over the cap or without a string `text` is
 /// [`RouterError::InvalidReply`], whose source says what was wrong but never
-/// repeats the body.
+/// repeats the body. After failing over, the last replica's failure is the
+/// answer.
 ///
 /// ```
 /// use std::time::Duration;
 /// use sofiia_router_client::{HttpRouter, NodeRouter, NodesConfig};
 ///
-/// let nodes = NodesConfig::parse("NODA1=http://127.0.0.1:9001")?;
+/// let nodes = NodesConfig::parse("NODA1=http://127.0.0.1:9001|http://127.0.0.1:9011")?;
 /// let router = HttpRouter::new(nodes, Duration::from_millis(30_000))?;
 /// assert_eq!(router.default_node().as_str(), "NODA1");
 /// assert_eq!(router.timeout(), Duration::from_secs(30));
+/// assert_eq!(router.replicas(router.default_node()).len(), 2);
 /// # Ok::<(), sofiia_router_client::ConfigError>(())
 /// ```
 pub struct HttpRouter {
     config: NodesConfig,
     // Parallel to `config.nodes()`, parsed once so a call does no URL work.
-    endpoints: Vec<Endpoints>,
+    endpoints: Vec<Node>,
     client: Client,
     timeout: Duration,
     probe_timeout: Duration,
+    cooldown: Duration,
 }
 
-struct Endpoints {
+/// One node's replicas and whose turn it is.
+struct Node {
+    replicas: Vec<Replica>,
+    next: AtomicUsize,
+}
+
+struct Replica {
     infer: Url,
     health: Url,
+    /// Until when it rests, if it failed.
+    resting_until: Mutex<Option<Instant>>,
+}
+
+impl Replica {
+    fn resting_until(&self) -> Option<Instant> {
+        *self
+            .resting_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn rest(&self, until: Option<Instant>) {
+        *self
+            .resting_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = until;
+    }
+}
+
+/// What one attempt on one replica came to.
+struct Attempt {
+    error: RouterError,
+    /// The replica received no part of the send's reply: the next one may
+    /// be asked.
+    pass_over: bool,
 }
 
 impl HttpRouter {
@@ -105,16 +161,26 @@ impl HttpRouter {
         })?;
         let endpoints = config
             .iter()
-            .map(|(node, base)| {
-                let join = |path: &str| {
+            .map(|(node, bases)| {
+                let join = |base: &str, path: &str| {
                     Url::parse(&format!("{base}{path}")).map_err(|e| ConfigError::UnparseableUrl {
                         node: node.clone(),
                         source: Box::new(e),
                     })
                 };
-                Ok(Endpoints {
-                    infer: join(INFER_PATH)?,
-                    health: join(HEALTH_PATH)?,
+                let replicas = bases
+                    .iter()
+                    .map(|base| {
+                        Ok(Replica {
+                            infer: join(base, INFER_PATH)?,
+                            health: join(base, HEALTH_PATH)?,
+                            resting_until: Mutex::new(None),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ConfigError>>()?;
+                Ok(Node {
+                    replicas,
+                    next: AtomicUsize::new(0),
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -124,7 +190,14 @@ impl HttpRouter {
             client,
             timeout,
             probe_timeout: timeout.min(PROBE_TIMEOUT),
+            cooldown: DEFAULT_COOLDOWN,
         })
+    }
+
+    /// Sets how long a failing replica rests before sends try it again.
+    pub fn with_cooldown(mut self, cooldown: Duration) -> Self {
+        self.cooldown = cooldown;
+        self
     }
 
     /// Sets the timeout of [`probe`](NodeRouter::probe) calls.
@@ -155,13 +228,33 @@ impl HttpRouter {
         self.probe_timeout
     }
 
-    fn endpoints(&self, node: &NodeId) -> Result<&Endpoints, RouterError> {
+    fn endpoints(&self, node: &NodeId) -> Result<&Node, RouterError> {
         self.config
             .nodes()
             .iter()
             .position(|n| n == node)
             .map(|index| &self.endpoints[index])
             .ok_or_else(|| RouterError::UnknownNode { node: node.clone() })
+    }
+
+    /// The order in which a send tries `node`'s replicas: those not resting,
+    /// starting at the one whose turn it is, then the resting ones,
+    /// soonest-rested first.
+    fn order(&self, node: &Node) -> Vec<usize> {
+        let now = Instant::now();
+        let count = node.replicas.len();
+        let start = node.next.fetch_add(1, Ordering::Relaxed) % count;
+        let mut ready = Vec::with_capacity(count);
+        let mut resting = Vec::new();
+        for i in (0..count).map(|k| (start + k) % count) {
+            match node.replicas[i].resting_until() {
+                Some(until) if until > now => resting.push((until, i)),
+                _ => ready.push(i),
+            }
+        }
+        resting.sort();
+        ready.extend(resting.into_iter().map(|(_, i)| i));
+        ready
     }
 
     async fn exchange(
@@ -171,7 +264,7 @@ impl HttpRouter {
         request_id: HeaderValue,
         idempotency_key: HeaderValue,
         body: Vec<u8>,
-    ) -> Result<InferReply, RouterError> {
+    ) -> Result<InferReply, Attempt> {
         let node = &req.node;
         let mut response = self
             .client
@@ -183,12 +276,20 @@ impl HttpRouter {
             .body(body)
             .send()
             .await
-            .map_err(|e| transport_error(node, self.timeout, e))?;
+            .map_err(|e| Attempt {
+                // Only a connection never made is sure not to have reached
+                // the node.
+                pass_over: e.is_connect(),
+                error: transport_error(node, self.timeout, e),
+            })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(RouterError::Status {
-                node: node.clone(),
-                status: status.as_u16(),
+            return Err(Attempt {
+                pass_over: status.is_server_error(),
+                error: RouterError::Status {
+                    node: node.clone(),
+                    status: status.as_u16(),
+                },
             });
         }
         let bytes = read_capped(&mut response, MAX_REPLY_BYTES)
@@ -199,12 +300,18 @@ impl HttpRouter {
                     node: node.clone(),
                     source: Box::new(e),
                 },
+            })
+            .map_err(|error| Attempt {
+                error,
+                pass_over: false,
             })?;
-        let reply: ReplyText =
-            serde_json::from_slice(&bytes).map_err(|e| RouterError::InvalidReply {
+        let reply: ReplyText = serde_json::from_slice(&bytes).map_err(|e| Attempt {
+            error: RouterError::InvalidReply {
                 node: node.clone(),
                 source: Box::new(ReplyError::from_json(&e)),
-            })?;
+            },
+            pass_over: false,
+        })?;
         Ok(InferReply { text: reply.text })
     }
 }
@@ -232,36 +339,91 @@ impl NodeRouter for HttpRouter {
         let idempotency_key = HeaderValue::from_str(&req.idempotency_key)
             .map_err(|_| invalid(Box::new(BadHeader(IDEMPOTENCY_KEY_HEADER))))?;
         let body = serde_json::to_vec(&InferBody::from(req)).map_err(|e| invalid(Box::new(e)))?;
-        let call = self.exchange(&endpoints.infer, req, request_id, idempotency_key, body);
-        // Dropping `call` on expiry aborts the request and closes its
-        // connection, so a late reply cannot be mistaken for the next one.
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(RouterError::Timeout {
-                    node: req.node.clone(),
-                    after: self.timeout,
-                })
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut last = None;
+        for i in self.order(endpoints) {
+            let replica = &endpoints.replicas[i];
+            let call = self.exchange(
+                &replica.infer,
+                req,
+                request_id.clone(),
+                idempotency_key.clone(),
+                body.clone(),
+            );
+            // Dropping `call` on expiry aborts the request and closes its
+            // connection, so a late reply cannot be mistaken for the next one.
+            match tokio::time::timeout_at(deadline, call).await {
+                Ok(Ok(reply)) => {
+                    replica.rest(None);
+                    return Ok(reply);
+                }
+                Ok(Err(attempt)) if attempt.pass_over => {
+                    replica.rest(Some(Instant::now() + self.cooldown));
+                    last = Some(attempt.error);
+                }
+                Ok(Err(attempt)) => {
+                    if matches!(attempt.error, RouterError::Timeout { .. }) {
+                        replica.rest(Some(Instant::now() + self.cooldown));
+                    }
+                    return Err(attempt.error);
+                }
+                Err(_) => {
+                    replica.rest(Some(Instant::now() + self.cooldown));
+                    return Err(RouterError::Timeout {
+                        node: req.node.clone(),
+                        after: self.timeout,
+                    });
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| RouterError::UnknownNode {
+            node: req.node.clone(),
+        }))
+    }
+
+    fn replicas(&self, node: &NodeId) -> Vec<ReplicaStatus> {
+        let Ok(endpoints) = self.endpoints(node) else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        endpoints
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(index, replica)| ReplicaStatus {
+                index,
+                resting_for: replica
+                    .resting_until()
+                    .and_then(|until| until.checked_duration_since(now))
+                    .filter(|left| !left.is_zero()),
             })
+            .collect()
     }
 
     async fn probe(&self, node: &NodeId) -> Result<(), RouterError> {
         let endpoints = self.endpoints(node)?;
-        let call = self
-            .client
-            .get(endpoints.health.clone())
-            .header(ACCEPT, "application/json")
-            .send();
-        match tokio::time::timeout(self.probe_timeout, call).await {
-            // Any status means something speaking HTTP answered; whether the
-            // node is healthy beyond that is its own business.
-            Ok(Ok(_response)) => Ok(()),
-            Ok(Err(e)) => Err(transport_error(node, self.probe_timeout, e)),
-            Err(_) => Err(RouterError::Timeout {
-                node: node.clone(),
-                after: self.probe_timeout,
-            }),
-        }
+        // Every replica at once; the node answers if any of them does.
+        let probes = endpoints.replicas.iter().map(|replica| {
+            Box::pin(async move {
+                let call = self
+                    .client
+                    .get(replica.health.clone())
+                    .header(ACCEPT, "application/json")
+                    .send();
+                match tokio::time::timeout(self.probe_timeout, call).await {
+                    // Any status means something speaking HTTP answered;
+                    // whether the node is healthy beyond that is its own
+                    // business.
+                    Ok(Ok(_response)) => Ok(()),
+                    Ok(Err(e)) => Err(transport_error(node, self.probe_timeout, e)),
+                    Err(_) => Err(RouterError::Timeout {
+                        node: node.clone(),
+                        after: self.probe_timeout,
+                    }),
+                }
+            })
+        });
+        futures_util::future::select_ok(probes).await.map(drop)
     }
 }
 
@@ -365,7 +527,7 @@ mod tests {
     fn builds_endpoint_urls_from_bases() {
         let router = router(Duration::from_secs(30));
         let noda2 = NodeId::new("NODA2").unwrap();
-        let endpoints = router.endpoints(&noda2).unwrap();
+        let endpoints = &router.endpoints(&noda2).unwrap().replicas[0];
         assert_eq!(endpoints.infer.as_str(), "http://127.0.0.2:9/base/v1/infer");
         assert_eq!(
             endpoints.health.as_str(),

@@ -102,6 +102,10 @@ impl<R: NodeRouter> NodeRouter for Instrumented<R> {
         result
     }
 
+    fn replicas(&self, node: &NodeId) -> Vec<crate::ReplicaStatus> {
+        self.inner.replicas(node)
+    }
+
     async fn probe(&self, node: &NodeId) -> Result<(), RouterError> {
         self.inner.probe(node).await
     }

@@ -70,7 +70,7 @@ pub mod testing;
 
 pub use crate::config::{ConfigError, NodesConfig, UrlProblem};
 pub use crate::echo::EchoRouter;
-pub use crate::http::HttpRouter;
+pub use crate::http::{DEFAULT_COOLDOWN, HttpRouter};
 pub use crate::instrumented::{INFER_DURATION_SECONDS, INFER_TOTAL, Instrumented};
 
 /// One infer call: what the console asks a node.
@@ -192,6 +192,16 @@ impl RouterError {
     }
 }
 
+/// One replica of a node, as [`NodeRouter::replicas`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// Its position in the node's list, from 0 (labels use this, never the
+    /// URL).
+    pub index: usize,
+    /// How much longer it rests after failing; `None` while sends use it.
+    pub resting_for: Option<Duration>,
+}
+
 /// Sends infer calls to the configured nodes.
 #[async_trait]
 pub trait NodeRouter: Debug + Send + Sync + 'static {
@@ -213,8 +223,15 @@ pub trait NodeRouter: Debug + Send + Sync + 'static {
     /// A [`RouterError`] saying why no reply came.
     async fn infer(&self, req: &InferRequest) -> Result<InferReply, RouterError>;
 
-    /// Checks that `node` answers HTTP at all (any status counts), for
-    /// readiness probes and preflight checks. No infer call is made.
+    /// The state of each of `node`'s replicas, in configuration order; empty
+    /// for a router (or node) without replicas to report.
+    fn replicas(&self, _node: &NodeId) -> Vec<ReplicaStatus> {
+        Vec::new()
+    }
+
+    /// Checks that `node` answers HTTP at all (any status counts; for a
+    /// node with replicas, any replica), for readiness probes and preflight
+    /// checks. No infer call is made.
     ///
     /// # Errors
     ///
@@ -244,6 +261,10 @@ impl<R: NodeRouter + ?Sized> NodeRouter for Arc<R> {
 
     async fn infer(&self, req: &InferRequest) -> Result<InferReply, RouterError> {
         (**self).infer(req).await
+    }
+
+    fn replicas(&self, node: &NodeId) -> Vec<ReplicaStatus> {
+        (**self).replicas(node)
     }
 
     async fn probe(&self, node: &NodeId) -> Result<(), RouterError> {

@@ -34,7 +34,9 @@ pub(crate) struct Ready {
     /// `{"status": "ok"|"error", "backend": "sqlite"|"postgres"|"inmemory"|"redis", "error"?}`.
     #[schema(value_type = Object)]
     checks: Map<String, Value>,
-    /// Per node, `{"status": "ok"|"error", "error"?}`; informational.
+    /// Per node, `{"status": "ok"|"error", "error"?}` (`ok` when any of its
+    /// replicas answers), and for a node with replicas `"replicas": [{"index",
+    /// "status": "ok"|"resting", "resting_ms"?}]`; informational.
     #[schema(value_type = Object)]
     nodes: Map<String, Value>,
 }
