@@ -142,22 +142,22 @@ async fn probe(state: &Probed) -> Health {
             let mut result = check_result(result);
             let replicas = router.replicas(node);
             if replicas.len() > 1 {
-                result["replicas"] = replicas
-                    .iter()
-                    .map(|r| {
-                        metrics::gauge!("sofiia_node_replica_up",
-                            "node" => node.to_string(), "replica" => r.index.to_string())
-                        .set(if r.resting_for.is_some() { 0.0 } else { 1.0 });
-                        match r.resting_for {
-                            None => json!({"index": r.index, "status": "ok"}),
-                            Some(left) => json!({
-                                "index": r.index,
-                                "status": "resting",
-                                "resting_ms": u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
-                            }),
-                        }
-                    })
-                    .collect();
+                let mut listed = Vec::with_capacity(replicas.len());
+                for r in &replicas {
+                    let up = if r.resting_for.is_some() { 0.0 } else { 1.0 };
+                    metrics::gauge!("sofiia_node_replica_up",
+                        "node" => node.to_string(), "replica" => r.index.to_string())
+                    .set(up);
+                    listed.push(match r.resting_for {
+                        None => json!({"index": r.index, "status": "ok"}),
+                        Some(left) => json!({
+                            "index": r.index,
+                            "status": "resting",
+                            "resting_ms": u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                        }),
+                    });
+                }
+                result["replicas"] = Value::Array(listed);
             }
             (node.to_string(), result)
         }

@@ -292,7 +292,7 @@ impl RedisRateLimiter {
     ) -> Result<(), RedisError> {
         let mut scratch = vec![0; charges.len()];
         for group in groups {
-            let id = u128::from_le_bytes(*uuid::Uuid::new_v4().as_bytes());
+            let id = uuid::Uuid::new_v4().as_u128();
             self.run(Mode::Refund(id), now, group, charges, keys, &mut scratch)
                 .await?;
         }

@@ -264,14 +264,6 @@ impl RedisCluster {
             .collect::<Vec<_>>()
             .join(",")
     }
-
-    /// Each node's own URL, for commands one node must answer.
-    pub fn node_urls(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect()
-    }
 }
 
 impl Drop for RedisCluster {
