@@ -12,12 +12,27 @@
 //!
 //! | method and path | answer |
 //! | --- | --- |
-//! | `POST /v1/infer` | the node protocol: `200 {"text":"[<NAME>] echo: <text>","node":"<NAME>"}`, after the configured delay, or the configured failure |
+//! | `POST /v1/infer` | the node protocol: `200 {"text":"[<NAME>] echo: <text>","node":"<NAME>"}`, after the configured delay, or the configured failure; asked for `text/event-stream`, the same reply as `delta` events and a `done` event (see below) |
 //! | `GET /v1/health` | `200 {"status":"ok","node":"<NAME>"}` |
 //! | `GET /_stub/calls` | `{"count":n,"calls":[...]}`: every infer call received, without its text |
 //! | `DELETE /_stub/calls` | forgets the calls: `{"cleared":n}` |
-//! | `GET /_stub/behaviour` | `{"node","delay_ms","fail_status","reply"}` |
-//! | `POST /_stub/behaviour` | `{"delay_ms"?: n, "fail_status"?: n or null, "reply"?: "echo" or "not_json" or "missing_text" or "oversized"}`; answers the new behaviour |
+//! | `GET /_stub/behaviour` | `{"node","delay_ms","fail_status","reply","stream","chunks","chunk_delay_ms","fail_after_chunks","break_with"}` |
+//! | `POST /_stub/behaviour` | `{"delay_ms"?: n, "fail_status"?: n or null, "reply"?: "echo" or "not_json" or "missing_text" or "oversized", "stream"?: bool, "chunks"?: n, "chunk_delay_ms"?: n, "fail_after_chunks"?: n or null, "break_with"?: "error_event" or "disconnect"}`; answers the new behaviour |
+//!
+//! # Streaming
+//!
+//! An infer call whose `Accept` names `text/event-stream` is answered with
+//! `Content-Type: text/event-stream` (while `stream` is on, the default):
+//! the echo cut into `chunks` pieces (default 4, never more than its
+//! characters), each an `event: delta` with `data: {"text":"<piece>"}`
+//! preceded by `chunk_delay_ms`, then `event: done` with `data:
+//! {"text":"<whole reply>","node":"<NAME>"}`. With `fail_after_chunks`
+//! set to *n*, the stream breaks after *n* pieces: an `event: error` with
+//! the JSON error body (`break_with: "error_event"`, the default), or the
+//! connection cut without one (`"disconnect"`). `stream: false` makes the
+//! node one that does not stream: it answers JSON whatever is asked. A
+//! failure status or a reply mode other than `echo` answers as without the
+//! header.
 //!
 //! `POST /v1/infer` wants `Content-Type: application/json` (else 415), an
 //! `Idempotency-Key` header (else 400) and a protocol body whose ids and text
@@ -67,6 +82,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 use sofiia_core_domain::{ChatId, MessageId, NodeId, OperatorId};
@@ -106,6 +122,47 @@ pub enum ReplyMode {
     Oversized,
 }
 
+/// How a stub node's stream breaks when it is set to fail mid-stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StreamBreak {
+    /// An `event: error` with a JSON error body, then the end of the stream.
+    #[default]
+    ErrorEvent,
+    /// The connection is cut, with no `done` and no error event.
+    Disconnect,
+}
+
+/// How a stub node streams its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamConfig {
+    /// Whether it streams when asked; `false` makes it answer JSON always.
+    pub enabled: bool,
+    /// Into how many `delta` events a reply is cut (at least 1; never more
+    /// than the reply has characters).
+    pub chunks: usize,
+    /// The pause before each `delta` event.
+    pub chunk_delay: Duration,
+    /// When set, the stream breaks after this many `delta` events.
+    pub fail_after_chunks: Option<usize>,
+    /// How it breaks.
+    pub break_with: StreamBreak,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            enabled: true,
+            chunks: 4,
+            chunk_delay: Duration::ZERO,
+            fail_after_chunks: None,
+            break_with: StreamBreak::ErrorEvent,
+        }
+    }
+}
+
 /// How a stub node starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -122,6 +179,8 @@ pub struct StubConfig {
     /// actix-web worker threads (at least 1). One is plenty: delays are
     /// asynchronous and cost no thread.
     pub workers: usize,
+    /// How it streams when asked.
+    pub stream: StreamConfig,
 }
 
 impl StubConfig {
@@ -133,7 +192,15 @@ impl StubConfig {
             fail_status: None,
             reply: ReplyMode::Echo,
             workers: 1,
+            stream: StreamConfig::default(),
         }
+    }
+
+    /// Sets [`stream`](Self::stream).
+    #[must_use]
+    pub fn with_stream(mut self, stream: StreamConfig) -> Self {
+        self.stream = stream;
+        self
     }
 
     /// Sets [`delay`](Self::delay).
@@ -213,6 +280,7 @@ impl StubNode {
                 "a stub node needs at least one worker",
             ));
         }
+        check_chunks(config.stream.chunks)?;
         // Bound here, not on the server thread, so bind errors and the port
         // chosen for port 0 are known before anything else starts.
         let listener = TcpListener::bind(bind)?;
@@ -359,6 +427,18 @@ impl StubHandle {
         self.shared.state().behaviour.reply = reply;
     }
 
+    /// Sets how infer calls that arrive from now on stream.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] for zero chunks; the behaviour is
+    /// then unchanged.
+    pub fn set_stream(&self, stream: StreamConfig) -> io::Result<()> {
+        check_chunks(stream.chunks)?;
+        self.shared.state().behaviour.stream = stream;
+        Ok(())
+    }
+
     /// Stops the server gracefully: no new connections, in-flight calls get
     /// up to 5 seconds to finish, idle connections are closed. Returns once
     /// the server thread is done and the port is closed. Works on any async
@@ -414,11 +494,23 @@ fn check_fail_status(status: u16) -> io::Result<()> {
     }
 }
 
+fn check_chunks(chunks: usize) -> io::Result<()> {
+    if chunks == 0 {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a stream needs at least one chunk",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Behaviour {
     delay: Duration,
     fail_status: Option<u16>,
     reply: ReplyMode,
+    stream: StreamConfig,
 }
 
 struct State {
@@ -442,6 +534,7 @@ impl Shared {
                     delay: config.delay,
                     fail_status: config.fail_status,
                     reply: config.reply,
+                    stream: config.stream,
                 },
                 calls: Vec::new(),
             }),
@@ -462,6 +555,11 @@ impl Shared {
             "delay_ms": u64::try_from(behaviour.delay.as_millis()).unwrap_or(u64::MAX),
             "fail_status": behaviour.fail_status,
             "reply": behaviour.reply,
+            "stream": behaviour.stream.enabled,
+            "chunks": behaviour.stream.chunks,
+            "chunk_delay_ms": u64::try_from(behaviour.stream.chunk_delay.as_millis()).unwrap_or(u64::MAX),
+            "fail_after_chunks": behaviour.stream.fail_after_chunks,
+            "break_with": behaviour.stream.break_with,
         })
     }
 
@@ -498,6 +596,9 @@ fn build_server(listener: TcpListener, shared: Arc<Shared>, workers: usize) -> i
     // not be swallowed by a stub, and the binary handles them itself.
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+    // Streamed pieces leave when written, not when the peer's delayed ACK
+    // lets Nagle's algorithm go.
+    .tcp_nodelay(true)
     .listen(listener)?
     .run();
     Ok(server)
@@ -596,6 +697,10 @@ async fn infer_response(
         return shared.error(status, "injected_failure", "this stub node is set to fail");
     }
     let name = &shared.name;
+    if behaviour.reply == ReplyMode::Echo && behaviour.stream.enabled && wants_stream(req) {
+        let text = format!("[{name}] echo: {}", body.text.as_str());
+        return stream_reply(shared, text, behaviour.stream);
+    }
     match behaviour.reply {
         ReplyMode::Echo => HttpResponse::Ok().json(InferResponse {
             text: format!("[{name}] echo: {}", body.text.as_str()),
@@ -610,6 +715,80 @@ async fn infer_response(
             node: Some(name.to_string()),
         }),
     }
+}
+
+fn wants_stream(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept.split(',').any(|media| {
+                media
+                    .split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+            })
+        })
+}
+
+/// `text` cut into at most `chunks` pieces of about equal length, on
+/// character boundaries.
+fn pieces(text: &str, chunks: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let count = chunks.clamp(1, chars.len().max(1));
+    let size = chars.len().div_ceil(count).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+fn sse_event(event: &str, data: &serde_json::Value) -> web::Bytes {
+    web::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// The reply as an event stream, per `config`.
+fn stream_reply(shared: &Shared, text: String, config: StreamConfig) -> HttpResponse {
+    let name = shared.name.to_string();
+    let mut events: Vec<(Duration, Result<web::Bytes, io::Error>)> = Vec::new();
+    for (i, piece) in pieces(&text, config.chunks).into_iter().enumerate() {
+        if config.fail_after_chunks == Some(i) {
+            break;
+        }
+        events.push((
+            config.chunk_delay,
+            Ok(sse_event("delta", &json!({ "text": piece }))),
+        ));
+    }
+    let sent = events.len();
+    match config.fail_after_chunks {
+        Some(after) if after <= sent => match config.break_with {
+            StreamBreak::ErrorEvent => events.push((
+                Duration::ZERO,
+                Ok(sse_event(
+                    "error",
+                    &json!({"error": "injected_failure", "detail": "this stub node is set to fail mid-stream", "node": name}),
+                )),
+            )),
+            // After a pause, so that what came before is on the wire (the
+            // server would otherwise drop it unsent with the connection).
+            StreamBreak::Disconnect => events.push((
+                config.chunk_delay.max(Duration::from_millis(50)),
+                Err(io::Error::other("this stub node is set to cut its stream")),
+            )),
+        },
+        _ => events.push((
+            Duration::ZERO,
+            Ok(sse_event("done", &json!({ "text": text, "node": name }))),
+        )),
+    }
+    let body = futures_util::stream::iter(events).then(|(delay, event)| async move {
+        if !delay.is_zero() {
+            actix_web::rt::time::sleep(delay).await;
+        }
+        event
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(body)
 }
 
 async fn health(shared: web::Data<Shared>) -> HttpResponse {
@@ -642,6 +821,12 @@ struct BehaviourPatch {
     #[serde(default, deserialize_with = "present")]
     fail_status: Option<Option<u16>>,
     reply: Option<ReplyMode>,
+    stream: Option<bool>,
+    chunks: Option<usize>,
+    chunk_delay_ms: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    fail_after_chunks: Option<Option<usize>>,
+    break_with: Option<StreamBreak>,
 }
 
 fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
@@ -666,8 +851,31 @@ async fn set_behaviour(body: web::Bytes, shared: web::Data<Shared>) -> HttpRespo
             "fail_status must be between 200 and 599",
         );
     }
+    if patch.chunks == Some(0) {
+        return shared.error(
+            StatusCode::BAD_REQUEST,
+            "invalid_chunks",
+            "chunks must be at least 1",
+        );
+    }
     {
         let mut state = shared.state();
+        let stream = &mut state.behaviour.stream;
+        if let Some(enabled) = patch.stream {
+            stream.enabled = enabled;
+        }
+        if let Some(chunks) = patch.chunks {
+            stream.chunks = chunks;
+        }
+        if let Some(ms) = patch.chunk_delay_ms {
+            stream.chunk_delay = Duration::from_millis(ms);
+        }
+        if let Some(after) = patch.fail_after_chunks {
+            stream.fail_after_chunks = after;
+        }
+        if let Some(how) = patch.break_with {
+            stream.break_with = how;
+        }
         if let Some(delay_ms) = patch.delay_ms {
             state.behaviour.delay = Duration::from_millis(delay_ms);
         }
@@ -720,6 +928,19 @@ mod tests {
         drop(stub);
         // Drop waited for the server thread, so the port is free again.
         TcpListener::bind(addr).unwrap();
+    }
+
+    #[test]
+    fn pieces_join_to_the_text_on_character_boundaries() {
+        assert_eq!(pieces("abcdefgh", 4), ["ab", "cd", "ef", "gh"]);
+        assert_eq!(pieces("abc", 10), ["a", "b", "c"]);
+        assert_eq!(pieces("", 3), Vec::<String>::new());
+        for (text, chunks) in [("héllo wörld ✓", 5), ("x", 1), ("日本語のテキスト", 3)]
+        {
+            let cut = pieces(text, chunks);
+            assert!(cut.len() <= chunks, "{cut:?}");
+            assert_eq!(cut.concat(), text);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Serialize;
 use sofiia_core_domain::NodeId;
-use sofiia_router_stub::{ReplyMode, StubConfig, StubNode};
+use sofiia_router_stub::{ReplyMode, StreamConfig, StubConfig, StubNode};
 
 /// A stub inference node speaking the sofiia node protocol.
 #[derive(Debug, Parser)]
@@ -37,6 +37,15 @@ struct Cli {
     /// HTTP worker threads.
     #[arg(long, env = "SOFIIA_STUB_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
+    /// Into how many `delta` events a streamed reply is cut.
+    #[arg(long, env = "SOFIIA_STUB_CHUNKS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    chunks: u16,
+    /// Pause before each `delta` event of a streamed reply, in milliseconds.
+    #[arg(long, env = "SOFIIA_STUB_CHUNK_DELAY_MS", default_value_t = 0)]
+    chunk_delay_ms: u64,
+    /// Answer JSON even when asked for a stream (a node that does not stream).
+    #[arg(long, env = "SOFIIA_STUB_NO_STREAM")]
+    no_stream: bool,
 }
 
 fn main() -> ExitCode {
@@ -49,7 +58,14 @@ fn main() -> ExitCode {
         } else {
             ReplyMode::Echo
         })
-        .with_workers(usize::from(cli.workers));
+        .with_workers(usize::from(cli.workers))
+        .with_stream({
+            let mut stream = StreamConfig::default();
+            stream.enabled = !cli.no_stream;
+            stream.chunks = usize::from(cli.chunks);
+            stream.chunk_delay = Duration::from_millis(cli.chunk_delay_ms);
+            stream
+        });
 
     // A small runtime of its own on this thread for the signals; the server
     // runs on the stub's thread.

@@ -159,7 +159,9 @@ async fn behaviour_can_be_flipped_over_http() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({"node": "NODA1", "delay_ms": 0, "fail_status": 502, "reply": "echo"})
+        json!({"node": "NODA1", "delay_ms": 0, "fail_status": 502, "reply": "echo",
+            "stream": true, "chunks": 4, "chunk_delay_ms": 0, "fail_after_chunks": null,
+            "break_with": "error_event"})
     );
     let (status, _, answer) = post_infer(&stub, &infer_body(), Some("key-00000001")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
@@ -173,7 +175,28 @@ async fn behaviour_can_be_flipped_over_http() {
     let (status, _, _) = post_infer(&stub, &infer_body(), Some("key-00000002")).await;
     assert_eq!(status, StatusCode::OK);
 
-    for bad in [r#"{"fail_status": 99}"#, r#"{"delay": 5}"#, "not json"] {
+    // The stream settings, likewise.
+    let (_, body) = post_behaviour(
+        &stub,
+        r#"{"chunks": 7, "chunk_delay_ms": 5, "fail_after_chunks": 3, "break_with": "disconnect", "stream": false}"#,
+    )
+    .await;
+    assert_eq!(body["chunks"], 7);
+    assert_eq!(body["chunk_delay_ms"], 5);
+    assert_eq!(body["fail_after_chunks"], 3);
+    assert_eq!(body["break_with"], "disconnect");
+    assert_eq!(body["stream"], false);
+    let (_, body) = post_behaviour(&stub, r#"{"fail_after_chunks": null}"#).await;
+    assert_eq!(body["fail_after_chunks"], Value::Null);
+    assert_eq!(body["chunks"], 7);
+
+    for bad in [
+        r#"{"fail_status": 99}"#,
+        r#"{"delay": 5}"#,
+        r#"{"chunks": 0}"#,
+        r#"{"break_with": "explode"}"#,
+        "not json",
+    ] {
         let (status, body) = post_behaviour(&stub, bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(body["error"].is_string(), "{bad}");

@@ -148,6 +148,18 @@ pub struct Settings {
     pub nodes: Option<NodesConfig>,
     /// `SOFIIA_INFER_TIMEOUT_MS`: the limit of one infer call.
     pub infer_timeout: Duration,
+    /// `SOFIIA_INFER_FIRST_BYTE_TIMEOUT_MS`: how long one replica may take to
+    /// start answering before the call moves on (at most the infer timeout).
+    pub first_byte_timeout: Duration,
+    /// `SOFIIA_INFER_IDLE_TIMEOUT_MS`: the longest pause between two chunks
+    /// of a node's answer (at most the infer timeout).
+    pub idle_timeout: Duration,
+    /// `SOFIIA_SSE_KEEP_ALIVE_MS`: the longest silence of a streamed answer
+    /// before a keep-alive comment.
+    pub sse_keep_alive: Duration,
+    /// `SOFIIA_SEND_ATTACH_WAIT_MS`: how long a JSON retry of a send that is
+    /// still running waits for its answer before it is answered 409.
+    pub attach_wait: Duration,
     /// `SOFIIA_OPERATOR_TOKENS`; `None` generates a dev token into the data dir.
     pub operator_tokens: Option<OperatorTokens>,
     /// `SOFIIA_CHAT_INDEX_BACKEND`.
@@ -223,6 +235,10 @@ const KNOWN: &[&str] = &[
     "SOFIIA_NODES",
     "SOFIIA_DEFAULT_NODE",
     "SOFIIA_INFER_TIMEOUT_MS",
+    "SOFIIA_INFER_FIRST_BYTE_TIMEOUT_MS",
+    "SOFIIA_INFER_IDLE_TIMEOUT_MS",
+    "SOFIIA_SEND_ATTACH_WAIT_MS",
+    "SOFIIA_SSE_KEEP_ALIVE_MS",
     "SOFIIA_OPERATOR_TOKENS",
     "SOFIIA_CHAT_INDEX_BACKEND",
     "SOFIIA_AUDIT_BACKEND",
@@ -363,6 +379,32 @@ impl Settings {
             "SOFIIA_INFER_TIMEOUT_MS",
             30_000,
             1..=600_000,
+        )?);
+        let infer_ms = u64::try_from(infer_timeout.as_millis()).unwrap_or(u64::MAX);
+        // Both capped by the infer timeout, which bounds the whole call.
+        let first_byte_timeout = Duration::from_millis(parse_u64(
+            get("SOFIIA_INFER_FIRST_BYTE_TIMEOUT_MS"),
+            "SOFIIA_INFER_FIRST_BYTE_TIMEOUT_MS",
+            infer_ms,
+            1..=infer_ms,
+        )?);
+        let idle_timeout = Duration::from_millis(parse_u64(
+            get("SOFIIA_INFER_IDLE_TIMEOUT_MS"),
+            "SOFIIA_INFER_IDLE_TIMEOUT_MS",
+            infer_ms.min(15_000),
+            1..=infer_ms,
+        )?);
+        let sse_keep_alive = Duration::from_millis(parse_u64(
+            get("SOFIIA_SSE_KEEP_ALIVE_MS"),
+            "SOFIIA_SSE_KEEP_ALIVE_MS",
+            15_000,
+            100..=300_000,
+        )?);
+        let attach_wait = Duration::from_millis(parse_u64(
+            get("SOFIIA_SEND_ATTACH_WAIT_MS"),
+            "SOFIIA_SEND_ATTACH_WAIT_MS",
+            10_000,
+            0..=600_000,
         )?);
 
         let operator_tokens = get("SOFIIA_OPERATOR_TOKENS")
@@ -591,6 +633,10 @@ impl Settings {
             data_dir,
             nodes,
             infer_timeout,
+            first_byte_timeout,
+            idle_timeout,
+            attach_wait,
+            sse_keep_alive,
             operator_tokens,
             chat_index_backend,
             audit_backend,

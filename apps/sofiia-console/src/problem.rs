@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use sofiia_audit_store::AuditError;
 use sofiia_chat_index::ChatIndexError;
 use sofiia_core_domain::ValidationError;
+use sofiia_idempotency::StoredResponse;
 use sofiia_idempotency::actix::KeyHeaderError;
 use sofiia_router_client::RouterError;
 
@@ -275,22 +276,43 @@ impl ApiError {
         .with_source(what)
     }
 
-    /// The body and headers, with the request's id.
-    pub fn to_response(&self, request_id: Option<&str>) -> HttpResponse {
-        let body = ProblemDocument {
+    /// The problem document, with the request's id.
+    pub fn document(&self, request_id: Option<&str>) -> ProblemDocument {
+        ProblemDocument {
             problem_type: format!("{TYPE_PREFIX}{}", self.0.slug),
             title: self.0.title,
             status: self.0.status.as_u16(),
             detail: self.0.detail.clone(),
             request_id: request_id.map(str::to_owned),
             extensions: self.0.extensions.clone(),
-        };
+        }
+    }
+
+    /// The body and headers, with the request's id.
+    pub fn to_response(&self, request_id: Option<&str>) -> HttpResponse {
+        let body = self.document(request_id);
         let mut res = HttpResponse::build(self.0.status);
         res.content_type(PROBLEM_JSON);
         for (name, value) in &self.0.headers {
             res.insert_header((name.clone(), value.clone()));
         }
         res.body(serde_json::to_string(&body).unwrap_or_default())
+    }
+
+    /// The answer as an idempotency key keeps it for replays: status,
+    /// problem+json body with the request's id, and the headers.
+    pub fn to_stored(&self, request_id: Option<&str>) -> StoredResponse {
+        let mut headers = vec![("content-type".to_owned(), PROBLEM_JSON.to_owned())];
+        for (name, value) in &self.0.headers {
+            if let Ok(value) = value.to_str() {
+                headers.push((name.as_str().to_owned(), value.to_owned()));
+            }
+        }
+        StoredResponse {
+            status: self.0.status.as_u16(),
+            headers,
+            body: serde_json::to_vec(&self.document(request_id)).unwrap_or_default(),
+        }
     }
 }
 
@@ -364,7 +386,15 @@ impl From<ChatIndexError> for ApiError {
 
 impl From<RouterError> for ApiError {
     fn from(e: RouterError) -> Self {
-        match e {
+        let problem = Self::from(&e);
+        problem.with_source(e)
+    }
+}
+
+impl From<&RouterError> for ApiError {
+    /// The problem without its cause; `From<RouterError>` adds it.
+    fn from(e: &RouterError) -> Self {
+        match *e {
             RouterError::UnknownNode { ref node } => Self::new(
                 StatusCode::BAD_REQUEST,
                 "unknown-node",
@@ -378,39 +408,43 @@ impl From<RouterError> for ApiError {
                 "Node timed out",
                 format!("node {node} did not answer within {} ms", after.as_millis()),
             )
-            .with_extension("node", node.as_str())
-            .with_source(e),
+            .with_extension("node", node.as_str()),
             RouterError::Status { ref node, status } => Self::new(
                 StatusCode::BAD_GATEWAY,
                 "node-failed",
                 "Node failed",
                 format!("node {node} answered HTTP {status}"),
             )
-            .with_extension("node", node.as_str())
-            .with_source(e),
+            .with_extension("node", node.as_str()),
             RouterError::Unreachable { ref node, .. } => Self::new(
                 StatusCode::BAD_GATEWAY,
                 "node-unreachable",
                 "Node unreachable",
                 format!("node {node} could not be reached"),
             )
-            .with_extension("node", node.as_str())
-            .with_source(e),
+            .with_extension("node", node.as_str()),
             RouterError::InvalidReply { ref node, .. } => Self::new(
                 StatusCode::BAD_GATEWAY,
                 "node-invalid-reply",
                 "Node sent an invalid reply",
                 format!("node {node} answered with a body that is not a node protocol reply"),
             )
-            .with_extension("node", node.as_str())
-            .with_source(e),
+            .with_extension("node", node.as_str()),
+            RouterError::Interrupted { ref node, .. } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "node-interrupted",
+                "Node reply interrupted",
+                format!(
+                    "node {node}'s reply broke off before it was complete; nothing of it was stored"
+                ),
+            )
+            .with_extension("node", node.as_str()),
             _ => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal server error",
                 "the console could not build the infer call; see its log for this request id",
-            )
-            .with_source(e),
+            ),
         }
     }
 }
@@ -425,8 +459,9 @@ impl From<KeyHeaderError> for ApiError {
     }
 }
 
-impl From<AuditUnavailable> for ApiError {
-    fn from(e: AuditUnavailable) -> Self {
+impl ApiError {
+    /// 503 for an action the audit trail cannot record.
+    fn audit_unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "audit-unavailable",
@@ -434,7 +469,12 @@ impl From<AuditUnavailable> for ApiError {
             "the audit trail cannot record this action, so it was refused; retry later",
         )
         .with_retry_after(Duration::from_secs(1))
-        .with_source(e)
+    }
+}
+
+impl From<AuditUnavailable> for ApiError {
+    fn from(e: AuditUnavailable) -> Self {
+        Self::audit_unavailable().with_source(e)
     }
 }
 
@@ -446,40 +486,44 @@ impl From<AuditError> for ApiError {
 
 impl From<SendError> for ApiError {
     fn from(e: SendError) -> Self {
+        Self::from(&e)
+    }
+}
+
+/// The answer a key keeps when its node failed after it began its reply
+/// (see `SendParts::failure_answer`).
+pub fn stored_send_failure(e: &SendError, request_id: Option<&str>) -> StoredResponse {
+    ApiError::from(e).to_stored(request_id)
+}
+
+impl From<&SendError> for ApiError {
+    /// The problem, with its cause (as text) for the error log.
+    fn from(e: &SendError) -> Self {
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        match e {
+        let problem = match e {
             SendError::InFlight { retry_after } => Self::new(
                 status,
                 "idempotency-key-in-flight",
                 "Request in progress",
                 "a send with this Idempotency-Key is still running; retry after Retry-After to get its answer",
             )
-            .with_retry_after(retry_after),
-            SendError::NotStoredYet {
-                retry_after,
-                source,
-            } => {
-                let problem = Self::new(
-                    status,
-                    "send-not-stored-yet",
-                    "Send not stored yet",
-                    "the node answered, but the exchange is not stored yet; the reply is kept, and a retry with this Idempotency-Key answers it once stored, without calling the node again",
-                )
-                .with_retry_after(retry_after);
-                match source {
-                    Some(source) => problem.with_source(source),
-                    None => problem,
-                }
-            }
+            .with_retry_after(*retry_after),
+            SendError::NotStoredYet { retry_after, .. } => Self::new(
+                status,
+                "send-not-stored-yet",
+                "Send not stored yet",
+                "the node answered, but the exchange is not stored yet; the reply is kept, and a retry with this Idempotency-Key answers it once stored, without calling the node again",
+            )
+            .with_retry_after(*retry_after),
             SendError::KeyReused => Self::new(
                 status,
                 "idempotency-key-reused",
                 "Idempotency-Key reused",
                 "this Idempotency-Key was used for a different request (another chat or body); use a new key",
             ),
-            SendError::UnknownNode { node } => RouterError::UnknownNode { node }.into(),
+            SendError::UnknownNode { node } => (&RouterError::UnknownNode { node: node.clone() }).into(),
             SendError::RateLimited { decision } => {
-                let scopes = refusing_scopes(&decision);
+                let scopes = refusing_scopes(decision);
                 let mut problem = Self::new(
                     status,
                     "rate-limited",
@@ -492,22 +536,25 @@ impl From<SendError> for ApiError {
                 .with_extension("scope", scopes.first().copied().unwrap_or("chat"))
                 .with_extension("scopes", scopes.clone())
                 .with_retry_after(decision.retry_after());
-                for (name, value) in sofiia_ratelimit::actix::rate_limit_headers(&decision) {
+                for (name, value) in sofiia_ratelimit::actix::rate_limit_headers(decision) {
                     problem = problem.with_header(name, value);
                 }
                 problem
             }
-            SendError::Unavailable { store, source } => Self::new(
+            SendError::Unavailable { store, .. } => Self::new(
                 status,
                 "store-unavailable",
                 "Service unavailable",
                 format!("the {} is unavailable, so nothing was sent; retry later", store.name()),
             )
-            .with_retry_after(Duration::from_secs(1))
-            .with_source(source),
+            .with_retry_after(Duration::from_secs(1)),
             SendError::Node(e) => e.into(),
-            SendError::Audit(e) => e.into(),
+            SendError::Audit(_) => Self::audit_unavailable(),
             SendError::Internal(what) => Self::internal(what),
+        };
+        match std::error::Error::source(e) {
+            Some(source) => problem.with_source(error_chain(source)),
+            None => problem,
         }
     }
 }

@@ -277,10 +277,11 @@ pub async fn open_stores(
                 "nodes" => nodes.nodes().iter().map(|n| n.as_str()).collect::<Vec<_>>().join(","),
                 "default_node" => nodes.default_node().as_str(),
             );
-            Arc::new(Instrumented::new(HttpRouter::new(
-                nodes.clone(),
-                settings.infer_timeout,
-            )?))
+            Arc::new(Instrumented::new(
+                HttpRouter::new(nodes.clone(), settings.infer_timeout)?
+                    .with_first_byte_timeout(settings.first_byte_timeout)?
+                    .with_idle_timeout(settings.idle_timeout)?,
+            ))
         }
         None => {
             warn!(
@@ -410,6 +411,8 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
         store_timeout: settings.store_timeout,
         check_before_node: remote_stores(settings),
         events_made_durable_by_key: stores.one_sqlite_file,
+        attach_wait: settings.attach_wait,
+        failure_answer: crate::problem::stored_send_failure,
     });
 
     let metrics = metrics_handle();
@@ -454,6 +457,7 @@ pub fn compose(settings: &Settings, stores: Stores, logger: Logger) -> AppState 
         readiness,
         logger,
         metrics,
+        sse_keep_alive: settings.sse_keep_alive,
         openapi,
     }
 }
@@ -778,6 +782,9 @@ pub fn start(settings: &Settings, state: AppState) -> Result<RunningServer, Star
             actix_web::http::KeepAlive::Timeout(settings.keep_alive)
         })
         .max_connections(settings.max_connections.div_ceil(workers).max(1))
+        // Each event of a streamed reply leaves when written: with Nagle's
+        // algorithm a small event waits for the client's delayed ACK.
+        .tcp_nodelay(true)
         .listen(listener)
         .map_err(bind_error)?;
     let server = server.run();

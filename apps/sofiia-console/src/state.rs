@@ -46,6 +46,9 @@ pub struct AppState {
     pub logger: Logger,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// How long a streamed answer may stay silent before a keep-alive
+    /// comment is sent.
+    pub sse_keep_alive: std::time::Duration,
     /// `/api/openapi.json`, made once at start.
     pub openapi: actix_web::web::Bytes,
 }

@@ -91,6 +91,9 @@ async fn every_operator_action_is_an_event_with_actor_and_target() {
     let console = ConsoleBuilder::new()
         .nodes(&[&node])
         .var("SOFIIA_RATE_LIMIT_CHAT", "2/min")
+        // A duplicate is answered 409 at once instead of waiting for the
+        // first send's answer (tests/streaming.rs covers the wait).
+        .var("SOFIIA_SEND_ATTACH_WAIT_MS", "0")
         .start()
         .await;
     let secret = "top secret operator text";

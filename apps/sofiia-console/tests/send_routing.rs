@@ -290,6 +290,20 @@ async fn sends_fail_over_between_a_nodes_replicas() {
             "the send it failed went on with the same node-side key"
         );
     }
+    // The first send's event records the replicas it tried, by index.
+    let events = console.audit_events("&action=chat.send").await;
+    let first = events
+        .iter()
+        .find(|e| e["details"]["attempts"][0]["replica"] == 0)
+        .expect("an event of a send that began at the dead replica");
+    let attempts = first["details"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["outcome"], "unreachable", "{first}");
+    assert_eq!(attempts.last().unwrap()["outcome"], "ok", "{first}");
+    assert!(events.iter().all(|e| {
+        e["details"]["attempts"]
+            .as_array()
+            .is_some_and(|a| a.last().unwrap()["replica"] == 2)
+    }));
     // Readiness is probed at most once a second: wait for a probe after
     // the sends.
     let mut ready = console.get("/api/ready", ALICE).await;

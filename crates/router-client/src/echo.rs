@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use sofiia_core_domain::NodeId;
 
-use crate::{InferReply, InferRequest, NodeRouter, RouterError};
+use crate::{InferObserver, InferReply, InferRequest, NodeRouter, RouterError};
 
 /// The built-in echo node, **for local runs only**: what the console uses
 /// when `SOFIIA_NODES` is unset, so a fresh checkout answers sends without
@@ -54,14 +54,28 @@ impl NodeRouter for EchoRouter {
     }
 
     async fn infer(&self, req: &InferRequest) -> Result<InferReply, RouterError> {
+        self.infer_observed(req, &()).await
+    }
+
+    /// Streamed, the echo comes word by word (each piece a word and the
+    /// whitespace after it).
+    async fn infer_observed(
+        &self,
+        req: &InferRequest,
+        observer: &dyn InferObserver,
+    ) -> Result<InferReply, RouterError> {
         if !self.knows(&req.node) {
             return Err(RouterError::UnknownNode {
                 node: req.node.clone(),
             });
         }
-        Ok(InferReply {
-            text: format!("echo: {}", req.text.as_str()),
-        })
+        let text = format!("echo: {}", req.text.as_str());
+        if observer.wants_stream() {
+            for word in text.split_inclusive(char::is_whitespace) {
+                observer.delta(word);
+            }
+        }
+        Ok(InferReply { text })
     }
 
     async fn probe(&self, node: &NodeId) -> Result<(), RouterError> {
@@ -83,6 +97,32 @@ mod tests {
     }
 
     crate::node_router_tests!(subject);
+
+    #[derive(Default)]
+    struct Pieces(std::sync::Mutex<Vec<String>>);
+
+    impl InferObserver for Pieces {
+        fn wants_stream(&self) -> bool {
+            true
+        }
+
+        fn delta(&self, text: &str) {
+            self.0.lock().unwrap().push(text.to_owned());
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_word_by_word() {
+        let router = EchoRouter::default();
+        let pieces = Pieces::default();
+        let reply = router
+            .infer_observed(&request(router.default_node(), "all  green now"), &pieces)
+            .await
+            .unwrap();
+        let pieces = pieces.0.into_inner().unwrap();
+        assert_eq!(pieces, ["echo: ", "all ", " ", "green ", "now"]);
+        assert_eq!(pieces.concat(), reply.text);
+    }
 
     #[tokio::test]
     async fn echoes_the_text() {

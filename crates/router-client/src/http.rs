@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use eventsource_stream::{EventStreamError, Eventsource as _};
+use futures_util::{Stream, StreamExt as _};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use reqwest::{Client, Response, Url, redirect};
 use serde::Deserialize;
@@ -16,7 +18,9 @@ use crate::config::{ConfigError, NodesConfig};
 use crate::protocol::{
     HEALTH_PATH, IDEMPOTENCY_KEY_HEADER, INFER_PATH, InferBody, MAX_REPLY_BYTES, REQUEST_ID_HEADER,
 };
-use crate::{InferReply, InferRequest, NodeRouter, ReplicaStatus, RouterError};
+use crate::{
+    InferObserver, InferReply, InferRequest, NodeRouter, ReplicaAttempt, ReplicaStatus, RouterError,
+};
 
 /// Longest time spent opening a TCP connection when the call timeout is
 /// longer: a node that does not accept within this is treated as unreachable
@@ -31,6 +35,19 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// unless [`HttpRouter::with_cooldown`] says otherwise.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(10);
 
+/// The longest pause between two chunks of an answer, unless
+/// [`HttpRouter::with_idle_timeout`] says otherwise (or the call timeout is
+/// shorter).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What `Accept` says when the caller wants the reply as it is written: a
+/// stream, else the protocol's JSON.
+const ACCEPT_STREAM: &str = "text/event-stream, application/json;q=0.5";
+
+/// The largest streamed answer read, in bytes: the reply's text appears
+/// twice (the deltas, then `done`), each JSON-escaped.
+const MAX_STREAM_BYTES: usize = 4 * MAX_REPLY_BYTES;
+
 /// How long an unused pooled connection is kept. Below the usual server-side
 /// keep-alive limits would be ideal, but nodes vary; stale connections are
 /// retried by the client library when the server closed them first.
@@ -42,7 +59,23 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// One pooled client serves every node, so consecutive sends to a node reuse
 /// connections. Each infer call has one deadline covering connecting, sending,
 /// waiting and reading the whole reply, over every replica it tries; the
-/// reply body is read up to [`MAX_REPLY_BYTES`]. Redirects are not followed
+/// reply body is read up to [`MAX_REPLY_BYTES`]. Within it, two more
+/// deadlines: the answer's first byte (its status line) must come within
+/// the *first-byte timeout* (by default the call timeout,
+/// [`with_first_byte_timeout`](Self::with_first_byte_timeout)), and each
+/// later chunk within the *idle timeout* of the one before
+/// ([`DEFAULT_IDLE_TIMEOUT`], [`with_idle_timeout`](Self::with_idle_timeout)).
+///
+/// # Streaming
+///
+/// A call whose observer [wants the stream](InferObserver::wants_stream)
+/// asks for `text/event-stream` (JSON accepted too). `delta` events
+/// (`{"text": "<piece>"}`) are reported as they arrive; the `done` event
+/// (`{"text": "<whole reply>"}`) ends the call, and must equal the pieces
+/// joined. An `error` event, a lost connection or an end without `done` is
+/// [`RouterError::Interrupted`]; a piece later than the idle timeout is
+/// [`RouterError::Timeout`]; more than [`MAX_REPLY_BYTES`] of text is
+/// [`RouterError::InvalidReply`]. A node answering JSON gives one piece. Redirects are not followed
 /// (a 3xx is a [`RouterError::Status`]) so the operator's text never goes
 /// anywhere but the configured node, and proxy environment variables are
 /// ignored for the same reason.
@@ -89,6 +122,8 @@ pub struct HttpRouter {
     endpoints: Vec<Node>,
     client: Client,
     timeout: Duration,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
     probe_timeout: Duration,
     cooldown: Duration,
 }
@@ -189,9 +224,51 @@ impl HttpRouter {
             endpoints,
             client,
             timeout,
+            first_byte_timeout: timeout,
+            idle_timeout: timeout.min(DEFAULT_IDLE_TIMEOUT),
             probe_timeout: timeout.min(PROBE_TIMEOUT),
             cooldown: DEFAULT_COOLDOWN,
         })
+    }
+
+    /// Sets how long a replica may take to start answering (its status
+    /// line) before the call moves on to the next replica; capped at the
+    /// call timeout. Shorter than the call timeout, it leaves time to fail
+    /// over from a replica that hangs.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ZeroTimeout`] for a zero timeout.
+    pub fn with_first_byte_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        if timeout.is_zero() {
+            return Err(ConfigError::ZeroTimeout);
+        }
+        self.first_byte_timeout = timeout.min(self.timeout);
+        Ok(self)
+    }
+
+    /// Sets the longest pause between two chunks of an answer; capped at
+    /// the call timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ZeroTimeout`] for a zero timeout.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        if timeout.is_zero() {
+            return Err(ConfigError::ZeroTimeout);
+        }
+        self.idle_timeout = timeout.min(self.timeout);
+        Ok(self)
+    }
+
+    /// The first-byte deadline of each attempt.
+    pub fn first_byte_timeout(&self) -> Duration {
+        self.first_byte_timeout
+    }
+
+    /// The longest pause between two chunks of an answer.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 
     /// Sets how long a failing replica rests before sends try it again.
@@ -261,27 +338,48 @@ impl HttpRouter {
         &self,
         url: &Url,
         req: &InferRequest,
-        request_id: HeaderValue,
-        idempotency_key: HeaderValue,
-        body: Vec<u8>,
+        wire: &Wire,
+        observer: &dyn InferObserver,
     ) -> Result<InferReply, Attempt> {
         let node = &req.node;
-        let mut response = self
+        let stream = observer.wants_stream();
+        let call = self
             .client
             .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json")
-            .header(REQUEST_ID_HEADER, request_id)
-            .header(IDEMPOTENCY_KEY_HEADER, idempotency_key)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| Attempt {
-                // Only a connection never made is sure not to have reached
-                // the node.
-                pass_over: e.is_connect(),
-                error: transport_error(node, self.timeout, e),
-            })?;
+            .header(
+                ACCEPT,
+                if stream {
+                    ACCEPT_STREAM
+                } else {
+                    "application/json"
+                },
+            )
+            .header(REQUEST_ID_HEADER, wire.request_id.clone())
+            .header(IDEMPOTENCY_KEY_HEADER, wire.idempotency_key.clone())
+            .body(wire.body.clone())
+            .send();
+        // A first-byte deadline as long as the call's is left to the call's
+        // own, so that one expiry has one meaning.
+        let response = if self.first_byte_timeout < self.timeout {
+            tokio::time::timeout(self.first_byte_timeout, call)
+                .await
+                .map_err(|_| Attempt {
+                    error: RouterError::Timeout {
+                        node: node.clone(),
+                        after: self.first_byte_timeout,
+                    },
+                    pass_over: true,
+                })?
+        } else {
+            call.await
+        };
+        let response = response.map_err(|e| Attempt {
+            // Only a connection never made is sure not to have reached
+            // the node.
+            pass_over: e.is_connect(),
+            error: transport_error(node, self.timeout, e),
+        })?;
         let status = response.status();
         if !status.is_success() {
             return Err(Attempt {
@@ -292,28 +390,133 @@ impl HttpRouter {
                 },
             });
         }
-        let bytes = read_capped(&mut response, MAX_REPLY_BYTES)
+        if stream && is_event_stream(&response) {
+            return self.read_stream(node, response, observer).await;
+        }
+        let mut response = response;
+        let bytes = read_capped(&mut response, MAX_REPLY_BYTES, self.idle_timeout)
             .await
             .map_err(|e| match e {
                 ReadError::Transport(e) => transport_error(node, self.timeout, e),
-                ReadError::Reply(e) => RouterError::InvalidReply {
+                ReadError::Idle => RouterError::Timeout {
                     node: node.clone(),
-                    source: Box::new(e),
+                    after: self.idle_timeout,
                 },
+                ReadError::Reply(e) => invalid(node, e),
             })
             .map_err(|error| Attempt {
                 error,
                 pass_over: false,
             })?;
         let reply: ReplyText = serde_json::from_slice(&bytes).map_err(|e| Attempt {
-            error: RouterError::InvalidReply {
-                node: node.clone(),
-                source: Box::new(ReplyError::from_json(&e)),
-            },
+            error: invalid(node, ReplyError::from_json(&e)),
             pass_over: false,
         })?;
+        if stream && !reply.text.is_empty() {
+            observer.delta(&reply.text);
+        }
         Ok(InferReply { text: reply.text })
     }
+
+    /// Reads a `text/event-stream` answer, reporting each piece.
+    async fn read_stream(
+        &self,
+        node: &NodeId,
+        response: Response,
+        observer: &dyn InferObserver,
+    ) -> Result<InferReply, Attempt> {
+        let mut events = Box::pin(capped_bytes(response.bytes_stream()).eventsource());
+        let mut joined = String::new();
+        let mut pieces = 0usize;
+        // Before the first piece, nothing of the reply was given: the next
+        // replica may still be asked.
+        let fail = |error: RouterError, pieces: usize| Attempt {
+            pass_over: pieces == 0
+                && matches!(
+                    error,
+                    RouterError::Interrupted { .. } | RouterError::Timeout { .. }
+                ),
+            error,
+        };
+        loop {
+            let next = match tokio::time::timeout(self.idle_timeout, events.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let error = RouterError::Timeout {
+                        node: node.clone(),
+                        after: self.idle_timeout,
+                    };
+                    return Err(fail(error, pieces));
+                }
+            };
+            let event = match next {
+                None => {
+                    let error = interrupted(node, StreamBroke::NoDone);
+                    return Err(fail(error, pieces));
+                }
+                Some(Err(EventStreamError::Transport(StreamRead::TooLarge))) => {
+                    let error = invalid(
+                        node,
+                        ReplyError::TooLarge {
+                            limit: MAX_REPLY_BYTES,
+                        },
+                    );
+                    return Err(fail(error, pieces));
+                }
+                Some(Err(EventStreamError::Transport(StreamRead::Transport(e)))) => {
+                    let error = interrupted(node, e);
+                    return Err(fail(error, pieces));
+                }
+                Some(Err(_)) => {
+                    return Err(fail(invalid(node, ReplyError::NotEventStream), pieces));
+                }
+                Some(Ok(event)) => event,
+            };
+            match event.event.as_str() {
+                "delta" => {
+                    let piece = event_text(node, &event.data).map_err(|e| fail(e, pieces))?;
+                    if joined.len() + piece.len() > MAX_REPLY_BYTES {
+                        let error = invalid(
+                            node,
+                            ReplyError::TooLarge {
+                                limit: MAX_REPLY_BYTES,
+                            },
+                        );
+                        return Err(fail(error, pieces));
+                    }
+                    if !piece.is_empty() {
+                        joined.push_str(&piece);
+                        pieces += 1;
+                        observer.delta(&piece);
+                    }
+                }
+                "done" => {
+                    let text = event_text(node, &event.data).map_err(|e| fail(e, pieces))?;
+                    if pieces == 0 {
+                        if !text.is_empty() {
+                            observer.delta(&text);
+                        }
+                    } else if text != joined {
+                        return Err(fail(invalid(node, ReplyError::DoneDiffers), pieces));
+                    }
+                    return Ok(InferReply { text });
+                }
+                "error" => {
+                    return Err(fail(interrupted(node, StreamBroke::ErrorEvent), pieces));
+                }
+                // Comments (keep-alives) never get here; other events are
+                // not the protocol's and are skipped.
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The parts of an infer request every attempt sends alike.
+struct Wire {
+    request_id: HeaderValue,
+    idempotency_key: HeaderValue,
+    body: Vec<u8>,
 }
 
 #[async_trait]
@@ -327,6 +530,14 @@ impl NodeRouter for HttpRouter {
     }
 
     async fn infer(&self, req: &InferRequest) -> Result<InferReply, RouterError> {
+        self.infer_observed(req, &()).await
+    }
+
+    async fn infer_observed(
+        &self,
+        req: &InferRequest,
+        observer: &dyn InferObserver,
+    ) -> Result<InferReply, RouterError> {
         let endpoints = self.endpoints(&req.node)?;
         let invalid = |source: Box<dyn StdError + Send + Sync>| RouterError::InvalidRequest {
             node: req.node.clone(),
@@ -339,40 +550,48 @@ impl NodeRouter for HttpRouter {
         let idempotency_key = HeaderValue::from_str(&req.idempotency_key)
             .map_err(|_| invalid(Box::new(BadHeader(IDEMPOTENCY_KEY_HEADER))))?;
         let body = serde_json::to_vec(&InferBody::from(req)).map_err(|e| invalid(Box::new(e)))?;
+        let wire = Wire {
+            request_id,
+            idempotency_key,
+            body,
+        };
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let report = endpoints.replicas.len() > 1;
         let mut last = None;
         for i in self.order(endpoints) {
             let replica = &endpoints.replicas[i];
-            let call = self.exchange(
-                &replica.infer,
-                req,
-                request_id.clone(),
-                idempotency_key.clone(),
-                body.clone(),
-            );
+            let call = self.exchange(&replica.infer, req, &wire, observer);
             // Dropping `call` on expiry aborts the request and closes its
             // connection, so a late reply cannot be mistaken for the next one.
-            match tokio::time::timeout_at(deadline, call).await {
-                Ok(Ok(reply)) => {
+            let result = match tokio::time::timeout_at(deadline, call).await {
+                Ok(result) => result,
+                Err(_) => Err(Attempt {
+                    error: RouterError::Timeout {
+                        node: req.node.clone(),
+                        after: self.timeout,
+                    },
+                    pass_over: false,
+                }),
+            };
+            if report {
+                observer.attempt(ReplicaAttempt {
+                    replica: i,
+                    outcome: result.as_ref().map_or_else(|a| a.error.kind(), |_| "ok"),
+                });
+            }
+            match result {
+                Ok(reply) => {
                     replica.rest(None);
                     return Ok(reply);
                 }
-                Ok(Err(attempt)) if attempt.pass_over => {
-                    replica.rest(Some(Instant::now() + self.cooldown));
-                    last = Some(attempt.error);
-                }
-                Ok(Err(attempt)) => {
-                    if matches!(attempt.error, RouterError::Timeout { .. }) {
+                Err(attempt) => {
+                    if attempt.pass_over || matches!(attempt.error, RouterError::Timeout { .. }) {
                         replica.rest(Some(Instant::now() + self.cooldown));
                     }
-                    return Err(attempt.error);
-                }
-                Err(_) => {
-                    replica.rest(Some(Instant::now() + self.cooldown));
-                    return Err(RouterError::Timeout {
-                        node: req.node.clone(),
-                        after: self.timeout,
-                    });
+                    if !attempt.pass_over {
+                        return Err(attempt.error);
+                    }
+                    last = Some(attempt.error);
                 }
             }
         }
@@ -432,6 +651,8 @@ impl fmt::Debug for HttpRouter {
         f.debug_struct("HttpRouter")
             .field("config", &self.config)
             .field("timeout", &self.timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("probe_timeout", &self.probe_timeout)
             .finish_non_exhaustive()
     }
@@ -459,12 +680,81 @@ fn transport_error(node: &NodeId, after: Duration, e: reqwest::Error) -> RouterE
     }
 }
 
+fn invalid(node: &NodeId, e: ReplyError) -> RouterError {
+    RouterError::InvalidReply {
+        node: node.clone(),
+        source: Box::new(e),
+    }
+}
+
+fn interrupted(node: &NodeId, e: impl StdError + Send + Sync + 'static) -> RouterError {
+    RouterError::Interrupted {
+        node: node.clone(),
+        source: Box::new(e),
+    }
+}
+
+fn is_event_stream(response: &Response) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// The text of a `delta` or `done` event.
+fn event_text(node: &NodeId, data: &str) -> Result<String, RouterError> {
+    serde_json::from_str::<ReplyText>(data)
+        .map(|reply| reply.text)
+        .map_err(|e| invalid(node, ReplyError::from_json(&e)))
+}
+
+/// Why a stream's bytes stopped.
+#[derive(Debug)]
+enum StreamRead {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+/// How a stream broke off, without repeating anything the node sent.
+#[derive(Debug, thiserror::Error)]
+enum StreamBroke {
+    #[error("the stream ended before its done event")]
+    NoDone,
+    #[error("the node sent an error event")]
+    ErrorEvent,
+}
+
+/// The body's bytes, ending with [`StreamRead::TooLarge`] past
+/// [`MAX_STREAM_BYTES`] so a node cannot make the parser buffer without
+/// bound.
+fn capped_bytes(
+    body: impl Stream<Item = Result<bytes::Bytes, reqwest::Error>>,
+) -> impl Stream<Item = Result<bytes::Bytes, StreamRead>> {
+    let mut read = 0usize;
+    body.map(move |chunk| {
+        let chunk = chunk.map_err(StreamRead::Transport)?;
+        read += chunk.len();
+        if read > MAX_STREAM_BYTES {
+            Err(StreamRead::TooLarge)
+        } else {
+            Ok(chunk)
+        }
+    })
+}
+
 enum ReadError {
     Transport(reqwest::Error),
+    Idle,
     Reply(ReplyError),
 }
 
-async fn read_capped(response: &mut Response, limit: usize) -> Result<Vec<u8>, ReadError> {
+async fn read_capped(
+    response: &mut Response,
+    limit: usize,
+    idle: Duration,
+) -> Result<Vec<u8>, ReadError> {
     if response
         .content_length()
         .is_some_and(|len| len > limit as u64)
@@ -472,7 +762,12 @@ async fn read_capped(response: &mut Response, limit: usize) -> Result<Vec<u8>, R
         return Err(ReadError::Reply(ReplyError::TooLarge { limit }));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
+    loop {
+        let chunk = tokio::time::timeout(idle, response.chunk())
+            .await
+            .map_err(|_| ReadError::Idle)?
+            .map_err(ReadError::Transport)?;
+        let Some(chunk) = chunk else { break };
         if body.len() + chunk.len() > limit {
             return Err(ReadError::Reply(ReplyError::TooLarge { limit }));
         }
@@ -491,6 +786,10 @@ enum ReplyError {
     NotJson { line: usize, column: usize },
     #[error("the reply body is JSON but not an object with a string `text`")]
     NoText,
+    #[error("the answer is not a valid event stream")]
+    NotEventStream,
+    #[error("the done event's text differs from the deltas joined")]
+    DoneDiffers,
 }
 
 impl ReplyError {

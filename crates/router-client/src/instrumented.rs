@@ -5,7 +5,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use sofiia_core_domain::NodeId;
 
-use crate::{InferReply, InferRequest, NodeRouter, RouterError};
+use crate::{InferObserver, InferReply, InferRequest, NodeRouter, RouterError};
 
 /// Counter of infer calls, labelled `node` and `outcome` (`ok` or
 /// [`RouterError::kind`]).
@@ -85,8 +85,16 @@ impl<R: NodeRouter> NodeRouter for Instrumented<R> {
     }
 
     async fn infer(&self, req: &InferRequest) -> Result<InferReply, RouterError> {
+        self.infer_observed(req, &()).await
+    }
+
+    async fn infer_observed(
+        &self,
+        req: &InferRequest,
+        observer: &dyn InferObserver,
+    ) -> Result<InferReply, RouterError> {
         let started = Instant::now();
-        let result = self.inner.infer(req).await;
+        let result = self.inner.infer_observed(req, observer).await;
         let elapsed = started.elapsed();
         let node = if self.inner.knows(&req.node) {
             req.node.as_str().to_owned()

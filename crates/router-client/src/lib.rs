@@ -22,13 +22,25 @@
 //! `200 {"text": "..."}`; other fields are allowed and ignored. The wire types
 //! live in [`protocol`], shared with the `sofiia-router-stub` node.
 //!
+//! # Streaming
+//!
+//! [`NodeRouter::infer_observed`] runs the same call and reports to an
+//! [`InferObserver`] as it goes. An observer that
+//! [wants the stream](InferObserver::wants_stream) receives the reply in
+//! pieces ([`InferObserver::delta`]) whose concatenation is the reply's text:
+//! [`HttpRouter`] then asks the node for `text/event-stream` and reads its
+//! `delta` events as they arrive (a node that answers JSON instead gives one
+//! piece, the whole reply). Every observer hears of each replica tried
+//! ([`InferObserver::attempt`]).
+//!
 //! | what happened | [`RouterError`] | console answer |
 //! | --- | --- | --- |
 //! | node not configured (no I/O at all) | [`UnknownNode`](RouterError::UnknownNode) | 400 |
 //! | node answered non-2xx | [`Status`](RouterError::Status) | 502 |
 //! | node could not be reached | [`Unreachable`](RouterError::Unreachable) | 502 |
 //! | 2xx whose body is not `{"text": string}` or over 1 MiB | [`InvalidReply`](RouterError::InvalidReply) | 502 |
-//! | no complete answer within the per-call timeout | [`Timeout`](RouterError::Timeout) | 504 |
+//! | no complete answer within the per-call timeout, or a first byte or the next chunk later than its deadline | [`Timeout`](RouterError::Timeout) | 504 |
+//! | a streamed answer broke off (connection lost, an `error` event, no `done`) | [`Interrupted`](RouterError::Interrupted) | 502 |
 //! | key or request id not a header value (nothing sent) | [`InvalidRequest`](RouterError::InvalidRequest) | 500, a console bug |
 //!
 //! ```
@@ -70,7 +82,7 @@ pub mod testing;
 
 pub use crate::config::{ConfigError, NodesConfig, UrlProblem};
 pub use crate::echo::EchoRouter;
-pub use crate::http::{DEFAULT_COOLDOWN, HttpRouter};
+pub use crate::http::{DEFAULT_COOLDOWN, DEFAULT_IDLE_TIMEOUT, HttpRouter};
 pub use crate::instrumented::{INFER_DURATION_SECONDS, INFER_TOTAL, Instrumented};
 
 /// One infer call: what the console asks a node.
@@ -107,6 +119,44 @@ impl Debug for InferReply {
             .finish()
     }
 }
+
+/// One replica tried by an infer call, as [`InferObserver::attempt`] hears
+/// of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAttempt {
+    /// The replica's position in its node's list, from 0.
+    pub replica: usize,
+    /// `ok`, or the [`RouterError::kind`] of its failure.
+    pub outcome: &'static str,
+}
+
+/// What an infer call reports while it runs; every method has a default
+/// that does nothing, and `()` is the observer that wants nothing.
+///
+/// Methods are called on the task running the call, in order, and must not
+/// block: an observer hands what it gets on (a channel, a buffer) and
+/// returns.
+pub trait InferObserver: Send + Sync {
+    /// Whether the caller wants the reply as it is written. `false` (the
+    /// default): no [`delta`](Self::delta) is reported and the node is asked
+    /// for a JSON answer.
+    fn wants_stream(&self) -> bool {
+        false
+    }
+
+    /// The next piece of the reply, never empty. Only called when
+    /// [`wants_stream`](Self::wants_stream); the pieces of a call that
+    /// succeeds, joined, are its reply text. A call may fail after some
+    /// pieces (then [`RouterError::Interrupted`] or
+    /// [`RouterError::Timeout`]).
+    fn delta(&self, _text: &str) {}
+
+    /// A replica was tried: reported for nodes with more than one replica,
+    /// once per replica tried, in order.
+    fn attempt(&self, _attempt: ReplicaAttempt) {}
+}
+
+impl InferObserver for () {}
 
 /// Why an infer call failed.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +202,17 @@ pub enum RouterError {
         #[source]
         source: Box<dyn StdError + Send + Sync>,
     },
+    /// The node's streamed answer broke off after it began: the connection
+    /// was lost, the node sent an `error` event, or the stream ended without
+    /// its `done` event.
+    #[error("node {node}'s streamed reply broke off")]
+    Interrupted {
+        /// The node.
+        node: NodeId,
+        /// What happened.
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
     /// The request cannot be put on the wire, so nothing was sent: an
     /// idempotency key or request id that is not a valid HTTP header value.
     /// The console validates both first, so this is a caller bug.
@@ -167,7 +228,8 @@ pub enum RouterError {
 
 impl RouterError {
     /// A short, stable label for metrics and logs: `unknown_node`, `status`,
-    /// `unreachable`, `timeout`, `invalid_reply` or `invalid_request`.
+    /// `unreachable`, `timeout`, `invalid_reply`, `interrupted` or
+    /// `invalid_request`.
     pub fn kind(&self) -> &'static str {
         match self {
             RouterError::UnknownNode { .. } => "unknown_node",
@@ -175,6 +237,7 @@ impl RouterError {
             RouterError::Unreachable { .. } => "unreachable",
             RouterError::Timeout { .. } => "timeout",
             RouterError::InvalidReply { .. } => "invalid_reply",
+            RouterError::Interrupted { .. } => "interrupted",
             RouterError::InvalidRequest { .. } => "invalid_request",
         }
     }
@@ -187,6 +250,7 @@ impl RouterError {
             | RouterError::Unreachable { node, .. }
             | RouterError::Timeout { node, .. }
             | RouterError::InvalidReply { node, .. }
+            | RouterError::Interrupted { node, .. }
             | RouterError::InvalidRequest { node, .. } => node,
         }
     }
@@ -222,6 +286,26 @@ pub trait NodeRouter: Debug + Send + Sync + 'static {
     ///
     /// A [`RouterError`] saying why no reply came.
     async fn infer(&self, req: &InferRequest) -> Result<InferReply, RouterError>;
+
+    /// [`infer`](Self::infer), reporting to `observer` as it goes (see
+    /// [`InferObserver`]). The default runs `infer` and, when the observer
+    /// wants the stream, reports the whole reply as one piece: right for a
+    /// router whose replies come whole.
+    ///
+    /// # Errors
+    ///
+    /// As [`infer`](Self::infer).
+    async fn infer_observed(
+        &self,
+        req: &InferRequest,
+        observer: &dyn InferObserver,
+    ) -> Result<InferReply, RouterError> {
+        let reply = self.infer(req).await?;
+        if observer.wants_stream() && !reply.text.is_empty() {
+            observer.delta(&reply.text);
+        }
+        Ok(reply)
+    }
 
     /// The state of each of `node`'s replicas, in configuration order; empty
     /// for a router (or node) without replicas to report.
@@ -261,6 +345,14 @@ impl<R: NodeRouter + ?Sized> NodeRouter for Arc<R> {
 
     async fn infer(&self, req: &InferRequest) -> Result<InferReply, RouterError> {
         (**self).infer(req).await
+    }
+
+    async fn infer_observed(
+        &self,
+        req: &InferRequest,
+        observer: &dyn InferObserver,
+    ) -> Result<InferReply, RouterError> {
+        (**self).infer_observed(req, observer).await
     }
 
     fn replicas(&self, node: &NodeId) -> Vec<ReplicaStatus> {

@@ -82,6 +82,61 @@ pub fn request(node: &NodeId, text: &str) -> InferRequest {
     }
 }
 
+/// An [`InferObserver`](crate::InferObserver) that keeps what it hears:
+/// the pieces of a streamed reply and the replicas tried.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    stream: bool,
+    pieces: std::sync::Mutex<Vec<String>>,
+    attempts: std::sync::Mutex<Vec<crate::ReplicaAttempt>>,
+}
+
+impl Recorder {
+    /// A recorder that wants the reply streamed.
+    pub fn streaming() -> Self {
+        Recorder {
+            stream: true,
+            ..Recorder::default()
+        }
+    }
+
+    /// The pieces heard so far, in order.
+    pub fn pieces(&self) -> Vec<String> {
+        self.pieces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The replicas tried so far, in order.
+    pub fn attempts(&self) -> Vec<crate::ReplicaAttempt> {
+        self.attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl crate::InferObserver for Recorder {
+    fn wants_stream(&self) -> bool {
+        self.stream
+    }
+
+    fn delta(&self, text: &str) {
+        self.pieces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(text.to_owned());
+    }
+
+    fn attempt(&self, attempt: crate::ReplicaAttempt) {
+        self.attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(attempt);
+    }
+}
+
 /// One scripted outcome of a [`FakeRouter`] infer call. The node in errors
 /// is the requested one.
 #[derive(Debug)]

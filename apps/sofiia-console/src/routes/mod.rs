@@ -8,6 +8,7 @@ mod audit;
 mod chats;
 pub mod openapi;
 mod send;
+mod stream;
 mod system;
 
 /// The largest accepted request body.

@@ -1,7 +1,8 @@
 //! The sends this process is running, by idempotency key.
 //!
 //! The idempotency store already keeps a key from running twice; this
-//! registry answers a retry from the same process without asking the store,
+//! registry answers a retry from the same process without asking the store
+//! (it attaches to the running send's [`Live`] reply),
 //! and, more to the point, keeps answering it while the store cannot be
 //! asked or its lease has run out: a send whose node answered and whose
 //! storing waits for a full disk to clear is never run a second time by a
@@ -13,6 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use sofiia_idempotency::{Fingerprint, ScopedKey};
 
+use super::live::Live;
+
 /// What a send of this process is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -23,10 +26,10 @@ pub(crate) enum Phase {
 }
 
 /// Why a send cannot start here now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Busy {
-    /// The same request is running here, in this phase.
-    Same(Phase),
+    /// The same request is running here, in this phase, with this reply.
+    Same(Phase, Arc<Live>),
     /// Another request with this key is running here.
     Other,
 }
@@ -35,6 +38,7 @@ pub(crate) enum Busy {
 struct Entry {
     fingerprint: Fingerprint,
     storing: Arc<AtomicBool>,
+    live: Arc<Live>,
 }
 
 /// The registry.
@@ -55,23 +59,26 @@ impl ActiveSends {
             return Err(if entry.fingerprint != *fingerprint {
                 Busy::Other
             } else if entry.storing.load(Ordering::SeqCst) {
-                Busy::Same(Phase::Storing)
+                Busy::Same(Phase::Storing, Arc::clone(&entry.live))
             } else {
-                Busy::Same(Phase::Running)
+                Busy::Same(Phase::Running, Arc::clone(&entry.live))
             });
         }
         let storing = Arc::new(AtomicBool::new(false));
+        let live = Live::new();
         sends.insert(
             key.clone(),
             Entry {
                 fingerprint: *fingerprint,
                 storing: Arc::clone(&storing),
+                live: Arc::clone(&live),
             },
         );
         Ok(Active {
             registry: Arc::clone(self),
             key: key.clone(),
             storing,
+            live,
         })
     }
 
@@ -91,9 +98,15 @@ pub(crate) struct Active {
     registry: Arc<ActiveSends>,
     key: ScopedKey,
     storing: Arc<AtomicBool>,
+    live: Arc<Live>,
 }
 
 impl Active {
+    /// The send's reply.
+    pub(crate) fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
     /// The send's node answered.
     pub(crate) fn storing(&self) {
         self.storing.store(true, Ordering::SeqCst);
@@ -128,20 +141,21 @@ mod tests {
     fn one_send_per_key_until_it_ends() {
         let registry = Arc::new(ActiveSends::default());
         let active = registry.enter(&key("alice"), &fp("a")).unwrap();
-        assert_eq!(
-            registry.enter(&key("alice"), &fp("a")).unwrap_err(),
-            Busy::Same(Phase::Running)
-        );
-        assert_eq!(
+        match registry.enter(&key("alice"), &fp("a")).unwrap_err() {
+            Busy::Same(Phase::Running, live) => assert!(Arc::ptr_eq(&live, active.live())),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
             registry.enter(&key("alice"), &fp("b")).unwrap_err(),
             Busy::Other
-        );
+        ));
         let bob = registry.enter(&key("bob"), &fp("a")).unwrap();
+        assert!(!Arc::ptr_eq(bob.live(), active.live()));
         active.storing();
-        assert_eq!(
+        assert!(matches!(
             registry.enter(&key("alice"), &fp("a")).unwrap_err(),
-            Busy::Same(Phase::Storing)
-        );
+            Busy::Same(Phase::Storing, _)
+        ));
         assert_eq!(registry.len(), 2);
         drop(active);
         drop(bob);

@@ -38,9 +38,22 @@
 //! Every outcome's audit event is made by one function, `audit_event`, and written
 //! either in step 5 (the send's own event, before the key completes) or
 //! once the outcome is known.
+//!
+//! # Streaming and attaching
+//!
+//! Every send this process runs has a [`Live`](live) reply: the pieces of the
+//! node's answer as they come (when the request asked for a stream), then
+//! the send's answer. A streamed request reads it from the start. A retry
+//! with the same key and request while the send runs here *attaches*: a
+//! streamed retry reads the same reply from its first piece; a JSON retry
+//! waits for the answer, at most [`SendParts::attach_wait`], else 409. A
+//! node that fails after it began its reply has been reached: the key is not
+//! released but completed with that failure, which every retry of the key
+//! replays.
 
 mod active;
 mod chats;
+mod live;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,12 +70,14 @@ use sofiia_idempotency::{
     Begin, Fingerprint, Guard, Held, IdempotencyKey, PendingGuard, ScopedKey, StoredResponse,
 };
 use sofiia_ratelimit::{Charge, Decision, DynRateLimiter, Quota};
-use sofiia_router_client::{DynNodeRouter, InferRequest, RouterError};
+use sofiia_router_client::{DynNodeRouter, InferRequest, ReplicaAttempt, RouterError};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
-use self::active::{Active, ActiveSends, Busy, Phase};
+use self::active::{ActiveSends, Busy, Phase};
 use self::chats::KnownChats;
+use self::live::{Attempts, Live, Observer};
+pub use self::live::{ReplyStream, Update};
 use crate::auditor::{AuditUnavailable, Auditor, Event};
 use crate::request::RequestMeta;
 
@@ -88,6 +103,8 @@ pub struct SendRequest {
     pub meta: RequestMeta,
     /// When the request arrived.
     pub started: Instant,
+    /// Whether the client wants the reply as it is written.
+    pub stream: bool,
 }
 
 impl SendRequest {
@@ -131,19 +148,36 @@ pub struct SendReceipt {
     pub reply: Message,
 }
 
+/// A send's answer, whole.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The answer, exactly as stored for replays.
+    pub response: StoredResponse,
+    /// The quota decision, for the `RateLimit` fields; `None` when no quota
+    /// was charged for this request (a replay), or the limiter was
+    /// unreachable and fails open.
+    pub quotas: Option<Decision>,
+    /// Whether it is the answer of an earlier request with the key
+    /// (`Idempotent-Replayed: true`).
+    pub replayed: bool,
+}
+
+/// How a send ended, as every request waiting for it sees it.
+pub type Finished = Result<Answer, Arc<SendError>>;
+
 /// What to answer.
 #[derive(Debug)]
 pub enum SendAnswer {
-    /// A new send succeeded: the stored answer and the quotas after it.
-    Sent {
-        /// The answer, exactly as stored for replays.
-        response: StoredResponse,
-        /// The quota decision, for the `RateLimit` fields; `None` when the
-        /// limiter was unreachable and fails open.
-        quotas: Option<Decision>,
+    /// The answer, whole.
+    Done(Answer),
+    /// The reply as it is written, then the answer (a request that asked
+    /// for a stream).
+    Streaming {
+        /// The reply.
+        stream: ReplyStream,
+        /// Whether it is the reply of an earlier request with the key.
+        replayed: bool,
     },
-    /// The key had run before: its stored answer, again.
-    Replayed(StoredResponse),
 }
 
 /// Which store a send could not use.
@@ -294,6 +328,13 @@ pub struct SendParts {
     /// than on disk, because the completed key, written after it, takes it
     /// to disk (see `Stores::one_sqlite_file`).
     pub events_made_durable_by_key: bool,
+    /// How long a JSON retry of a send running here waits for its answer
+    /// before it is answered 409; zero answers 409 at once.
+    pub attach_wait: Duration,
+    /// The answer kept with a key whose node failed after it began its
+    /// reply, from the failure and the request id (problem+json, rendered
+    /// where every problem is).
+    pub failure_answer: fn(&SendError, Option<&str>) -> StoredResponse,
 }
 
 /// The stores a send writes after its node answered that live on another
@@ -371,23 +412,35 @@ impl Sender {
         }
     }
 
-    /// Runs `req` as a task of its own and returns its first answer. The
-    /// task goes on if the caller stops waiting, and may go on after the
-    /// answer (storing a result that was answered 503).
+    /// Runs `req` as a task of its own and returns its first answer: for
+    /// a request that asked for a stream, the reply as it comes (the send's
+    /// answer ends it). The task goes on if the caller stops waiting, and
+    /// may go on after the answer (storing a result that was answered 503).
     ///
     /// # Errors
     ///
     /// [`SendError`]: what to answer instead of 200.
-    pub async fn send(&self, req: SendRequest) -> Result<SendAnswer, SendError> {
+    pub async fn send(&self, req: SendRequest) -> Result<SendAnswer, Arc<SendError>> {
         let (reply, answer) = oneshot::channel();
         let this = self.clone();
         self.inner.tasks.spawn_on(
-            async move { this.run(req, Reply(Some(reply))).await },
+            async move {
+                this.run(
+                    req,
+                    Reply {
+                        answer: Some(reply),
+                        live: None,
+                    },
+                )
+                .await;
+            },
             &self.inner.runtime,
         );
-        answer.await.unwrap_or(Err(SendError::Internal(
-            "the send task ended without an answer",
-        )))
+        answer.await.unwrap_or_else(|_| {
+            Err(Arc::new(SendError::Internal(
+                "the send task ended without an answer",
+            )))
+        })
     }
 
     /// Stops taking sends and waits until every send in flight has finished
@@ -411,15 +464,25 @@ impl Sender {
     }
 
     async fn run(&self, req: SendRequest, mut reply: Reply) {
-        let outcome = self.execute(&req, &mut reply).await;
-        let outcome = self.finish(&req, outcome).await;
+        let attempts = Attempts::default();
+        let outcome = self.execute(&req, &mut reply, &attempts).await;
+        let outcome = self.finish(&req, outcome, &attempts.taken()).await;
         reply.send(outcome);
     }
 
-    async fn execute(&self, req: &SendRequest, reply: &mut Reply) -> Result<Done, SendError> {
+    async fn execute(
+        &self,
+        req: &SendRequest,
+        reply: &mut Reply,
+        attempts: &Attempts,
+    ) -> Result<Done, SendError> {
         let key = req.key();
         let fingerprint = req.fingerprint();
-        let active = self.enter(&key, &fingerprint)?;
+        let active = match self.inner.active.enter(&key, &fingerprint) {
+            Ok(active) => active,
+            Err(busy) => return self.join(req, busy).await,
+        };
+        reply.follow(active.live(), req.stream);
 
         // 1. Reserve.
         let guard = match self.reserve(&key, &fingerprint).await? {
@@ -433,11 +496,17 @@ impl Sender {
             }
         };
 
-        // 2 to 4. Until the node answers, a failure releases the key.
-        let answered = match self.until_answered(req).await {
+        // 2 to 4. Until the node answers, a failure releases the key, unless
+        // the node began its reply.
+        let observer = Observer {
+            live: active.live(),
+            stream: req.stream,
+            attempts,
+        };
+        let answered = match self.until_answered(req, &observer).await {
             Ok(answered) => answered,
             Err(e) => {
-                guard.release().await;
+                self.settle(guard, &e, active.live(), req).await;
                 return Err(e);
             }
         };
@@ -450,6 +519,7 @@ impl Sender {
             reply: answered.reply,
             chat_created: answered.chat_created,
             meta: req.meta.clone(),
+            attempts: attempts.taken().iter().map(Tried::from).collect(),
         };
         let pending = guard.answered(work.encode());
         let response = self.store(pending, &work, false, reply).await?;
@@ -459,30 +529,61 @@ impl Sender {
         })
     }
 
-    /// Step 1, in this process: registers the send, unless this process
-    /// runs the key already.
-    fn enter(&self, key: &ScopedKey, fingerprint: &Fingerprint) -> Result<Active, SendError> {
-        self.inner
-            .active
-            .enter(key, fingerprint)
-            .map_err(|busy| match busy {
-                Busy::Other => {
-                    count_idempotency("mismatch");
-                    SendError::KeyReused
-                }
-                Busy::Same(phase) => {
-                    count_idempotency("conflict");
-                    match phase {
-                        Phase::Running => SendError::InFlight {
-                            retry_after: STORING_RETRY_AFTER,
-                        },
-                        Phase::Storing => SendError::NotStoredYet {
-                            retry_after: STORING_RETRY_AFTER,
-                            source: None,
-                        },
-                    }
-                }
-            })
+    /// Step 1, in this process, when it runs the key already: attach to
+    /// that send (a streamed request reads its reply; a JSON one waits for
+    /// its answer, bounded), unless the key is for another request.
+    async fn join(&self, req: &SendRequest, busy: Busy) -> Result<Done, SendError> {
+        let (phase, live) = match busy {
+            Busy::Other => {
+                count_idempotency("mismatch");
+                return Err(SendError::KeyReused);
+            }
+            Busy::Same(phase, live) => (phase, live),
+        };
+        if req.stream {
+            count_idempotency("replay");
+            return Ok(Done::Attached(live.subscribe()));
+        }
+        match live.subscribe().finished(self.parts().attach_wait).await {
+            Some(finished) => {
+                count_idempotency("replay");
+                Ok(Done::Joined(finished))
+            }
+            None => {
+                count_idempotency("conflict");
+                Err(match phase {
+                    Phase::Running => SendError::InFlight {
+                        retry_after: STORING_RETRY_AFTER,
+                    },
+                    Phase::Storing => SendError::NotStoredYet {
+                        retry_after: STORING_RETRY_AFTER,
+                        source: None,
+                    },
+                })
+            }
+        }
+    }
+
+    /// After steps 2 to 4 failed: a node that began its reply was reached,
+    /// so the key keeps the failure as its answer (no retry reaches the
+    /// node again with it); otherwise the key is released.
+    async fn settle(&self, guard: Guard, error: &SendError, live: &Live, req: &SendRequest) {
+        if !(live.has_pieces() && matches!(error, SendError::Node(_))) {
+            guard.release().await;
+            return;
+        }
+        let answer = (self.parts().failure_answer)(error, req.meta.request_id.as_deref());
+        if let Err(e) = self
+            .within(Store::Idempotency, guard.complete(&answer))
+            .await
+        {
+            warn!(
+                self.parts().logger, "the node failed mid-reply and the key could not keep the failure; it frees when its lease ends";
+                "flow" => "send",
+                "request_id" => req.meta.request_id.clone(),
+                "error" => error_chain(&e),
+            );
+        }
     }
 
     /// Step 1, in the idempotency store.
@@ -536,10 +637,14 @@ impl Sender {
     }
 
     /// Steps 2 to 4.
-    async fn until_answered(&self, req: &SendRequest) -> Result<Answered, SendError> {
+    async fn until_answered(
+        &self,
+        req: &SendRequest,
+        observer: &Observer<'_>,
+    ) -> Result<Answered, SendError> {
         let (node, chat_created) = self.validate(req).await?;
         let quotas = self.charge(req).await?;
-        let (message, reply) = self.infer(req, node).await?;
+        let (message, reply) = self.infer(req, node, observer).await?;
         Ok(Answered {
             message,
             reply,
@@ -644,6 +749,7 @@ impl Sender {
         &self,
         req: &SendRequest,
         node: NodeId,
+        observer: &Observer<'_>,
     ) -> Result<(Message, Message), SendError> {
         let parts = self.parts();
         let message = Message {
@@ -655,17 +761,18 @@ impl Sender {
             operator_id: req.operator.clone(),
             node: node.clone(),
         };
+        let request = InferRequest {
+            node: node.clone(),
+            chat_id: req.chat_id.clone(),
+            message_id: message.id,
+            operator_id: req.operator.clone(),
+            text: req.text.clone(),
+            idempotency_key: req.key().upstream_key(),
+            request_id: req.meta.request_id.clone().unwrap_or_default(),
+        };
         let reply = parts
             .router
-            .infer(&InferRequest {
-                node: node.clone(),
-                chat_id: req.chat_id.clone(),
-                message_id: message.id,
-                operator_id: req.operator.clone(),
-                text: req.text.clone(),
-                idempotency_key: req.key().upstream_key(),
-                request_id: req.meta.request_id.clone().unwrap_or_default(),
-            })
+            .infer_observed(&request, observer)
             .await
             .map_err(|e| match e {
                 RouterError::UnknownNode { node } => SendError::UnknownNode { node },
@@ -725,10 +832,10 @@ impl Sender {
             );
             failures += 1;
             if failures == ATTEMPTS_BEFORE_ANSWER {
-                reply.send(Err(SendError::NotStoredYet {
+                reply.send(Err(Arc::new(SendError::NotStoredYet {
                     retry_after: STORING_RETRY_AFTER,
                     source: Some(failure),
-                }));
+                })));
             }
             let delay = STORE_RETRY_DELAYS
                 .get(failures - 1)
@@ -829,13 +936,26 @@ impl Sender {
         &self,
         req: &SendRequest,
         outcome: Result<Done, SendError>,
-    ) -> Result<SendAnswer, SendError> {
+        attempts: &[ReplicaAttempt],
+    ) -> Result<SendAnswer, Arc<SendError>> {
         let parts = self.parts();
+        let replayed = |status, attached| {
+            Some(audit_event(Recorded::Replayed {
+                req,
+                status,
+                attached,
+            }))
+        };
         let event = match &outcome {
             // Recorded while storing, before the key completed.
             Ok(Done::Sent { .. } | Done::Resumed(_)) => None,
-            Ok(Done::Replayed(response)) => Some(audit_event(Recorded::Replayed { req, response })),
-            Err(error) => refusal_event(req, error),
+            Ok(Done::Replayed(response)) => replayed(response.status, false),
+            // Its answer is the running send's, not known yet.
+            Ok(Done::Attached(_)) => replayed(200, true),
+            Ok(Done::Joined(Ok(answer))) => replayed(answer.response.status, true),
+            // The running send's failure, which that send audited.
+            Ok(Done::Joined(Err(_))) => None,
+            Err(error) => refusal_event(req, error, attempts),
         };
         let outcome = match event {
             Some(event) => match parts.auditor.record(&req.meta, event).await {
@@ -845,10 +965,25 @@ impl Sender {
             None => outcome,
         };
         self.log(req, &outcome);
-        outcome.map(|done| match done {
-            Done::Sent { response, quotas } => SendAnswer::Sent { response, quotas },
-            Done::Replayed(response) | Done::Resumed(response) => SendAnswer::Replayed(response),
-        })
+        let done = |response, quotas, replayed| {
+            SendAnswer::Done(Answer {
+                response,
+                quotas,
+                replayed,
+            })
+        };
+        match outcome {
+            Ok(Done::Sent { response, quotas }) => Ok(done(response, quotas, false)),
+            Ok(Done::Replayed(response) | Done::Resumed(response)) => {
+                Ok(done(response, None, true))
+            }
+            Ok(Done::Attached(stream)) => Ok(SendAnswer::Streaming {
+                stream,
+                replayed: true,
+            }),
+            Ok(Done::Joined(finished)) => finished.map(|answer| done(answer.response, None, true)),
+            Err(e) => Err(Arc::new(e)),
+        }
     }
 
     fn log(&self, req: &SendRequest, outcome: &Result<Done, SendError>) {
@@ -867,6 +1002,15 @@ impl Sender {
             }
             Ok(Done::Replayed(response)) => {
                 slog::info!(logger, "replay"; "flow" => "replay", "status" => response.status);
+            }
+            Ok(Done::Attached(_)) => {
+                slog::info!(logger, "replay"; "flow" => "replay", "attached" => true, "stream" => true);
+            }
+            Ok(Done::Joined(finished)) => {
+                let status = finished
+                    .as_ref()
+                    .map_or_else(|e| e.status(), |a| a.response.status);
+                slog::info!(logger, "replay"; "flow" => "replay", "attached" => true, "status" => status);
             }
             Err(e) => {
                 if let SendError::RateLimited { decision } = e {
@@ -930,6 +1074,10 @@ enum Done {
     Replayed(StoredResponse),
     /// An earlier run's kept reply was stored now.
     Resumed(StoredResponse),
+    /// A streamed request attached to the send of its key running here.
+    Attached(ReplyStream),
+    /// A JSON request waited for the send of its key running here.
+    Joined(Finished),
 }
 
 /// What step 1 decided.
@@ -963,16 +1111,61 @@ struct Progress {
     audited: bool,
 }
 
-/// The first answer of a send; later ones are dropped.
-struct Reply(Option<oneshot::Sender<Result<SendAnswer, SendError>>>);
+/// The first answer of a send, to its caller and to the requests attached
+/// to it; later ones are dropped.
+struct Reply {
+    answer: Option<oneshot::Sender<Result<SendAnswer, Arc<SendError>>>>,
+    /// The send's reply, once it runs.
+    live: Option<Arc<Live>>,
+}
 
 impl Reply {
-    fn send(&mut self, answer: Result<SendAnswer, SendError>) {
-        if let Some(reply) = self.0.take() {
-            // A caller that stopped waiting is no error: the send goes on.
-            let _ = reply.send(answer);
+    /// The send runs with `live` as its reply; a caller that asked for a
+    /// stream gets it now.
+    fn follow(&mut self, live: &Arc<Live>, stream: bool) {
+        self.live = Some(Arc::clone(live));
+        if stream && let Some(answer) = self.answer.take() {
+            let _ = answer.send(Ok(SendAnswer::Streaming {
+                stream: live.subscribe(),
+                replayed: false,
+            }));
         }
     }
+
+    fn send(&mut self, outcome: Result<SendAnswer, Arc<SendError>>) {
+        if let Some(live) = &self.live {
+            match &outcome {
+                Ok(SendAnswer::Done(answer)) => live.end(Ok(answer.clone())),
+                Err(e) => live.end(Err(Arc::clone(e))),
+                Ok(SendAnswer::Streaming { .. }) => {}
+            }
+        }
+        if let Some(answer) = self.answer.take() {
+            // A caller that stopped waiting is no error: the send goes on.
+            let _ = answer.send(outcome);
+        }
+    }
+}
+
+/// A replica tried by a send's infer call, as kept with the key and
+/// recorded in its audit event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Tried {
+    replica: usize,
+    outcome: String,
+}
+
+impl From<&ReplicaAttempt> for Tried {
+    fn from(attempt: &ReplicaAttempt) -> Self {
+        Tried {
+            replica: attempt.replica,
+            outcome: attempt.outcome.to_owned(),
+        }
+    }
+}
+
+fn attempts_detail(attempts: &[Tried]) -> serde_json::Value {
+    serde_json::to_value(attempts).unwrap_or_default()
 }
 
 /// What is kept with the key once the node answered: everything needed to
@@ -985,6 +1178,10 @@ struct PendingSend {
     reply: Message,
     chat_created: bool,
     meta: RequestMeta,
+    /// The replicas tried, for a node with several (absent in results kept
+    /// by earlier versions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    attempts: Vec<Tried>,
 }
 
 impl PendingSend {
@@ -1040,25 +1237,36 @@ enum Recorded<'a> {
         work: &'a PendingSend,
         resumed: bool,
     },
-    /// An earlier run's answer, replayed.
+    /// An earlier run's answer, replayed; `attached` when the run was
+    /// still going on here.
     Replayed {
         req: &'a SendRequest,
-        response: &'a StoredResponse,
+        status: u16,
+        attached: bool,
     },
-    /// The send, refused or failed.
+    /// The send, refused or failed, after trying these replicas.
     Refused {
         req: &'a SendRequest,
         error: &'a SendError,
+        attempts: &'a [ReplicaAttempt],
     },
 }
 
 /// The audit event of every outcome that has one.
-fn refusal_event(req: &SendRequest, error: &SendError) -> Option<Event> {
+fn refusal_event(
+    req: &SendRequest,
+    error: &SendError,
+    attempts: &[ReplicaAttempt],
+) -> Option<Event> {
     match error {
         SendError::InFlight { .. }
         | SendError::KeyReused
         | SendError::RateLimited { .. }
-        | SendError::Node(_) => Some(audit_event(Recorded::Refused { req, error })),
+        | SendError::Node(_) => Some(audit_event(Recorded::Refused {
+            req,
+            error,
+            attempts,
+        })),
         // Nothing reached a node, or the send's own event comes once it is
         // stored.
         _ => None,
@@ -1080,20 +1288,40 @@ fn audit_event(recorded: Recorded<'_>) -> Event {
             .node(m.node.as_str())
             .detail("message_id", m.id.to_string())
             .detail("chat_created", work.chat_created);
+            let event = if work.attempts.is_empty() {
+                event
+            } else {
+                event.detail("attempts", attempts_detail(&work.attempts))
+            };
             if resumed {
                 event.detail("resumed", true)
             } else {
                 event
             }
         }
-        Recorded::Replayed { req, response } => Event::new(
-            req.operator.as_str(),
-            "chat.send.replay",
-            req.chat_id.as_str(),
-            Outcome::Ok,
-        )
-        .status(response.status),
-        Recorded::Refused { req, error } => {
+        Recorded::Replayed {
+            req,
+            status,
+            attached,
+        } => {
+            let event = Event::new(
+                req.operator.as_str(),
+                "chat.send.replay",
+                req.chat_id.as_str(),
+                Outcome::Ok,
+            )
+            .status(status);
+            if attached {
+                event.detail("attached", true)
+            } else {
+                event
+            }
+        }
+        Recorded::Refused {
+            req,
+            error,
+            attempts,
+        } => {
             let event = |action, outcome| {
                 Event::new(req.operator.as_str(), action, req.chat_id.as_str(), outcome)
                     .status(error.status())
@@ -1105,9 +1333,17 @@ fn audit_event(recorded: Recorded<'_>) -> Event {
                     event("chat.send.rate_limited", Outcome::Denied)
                         .detail("scope", refusing_scopes(decision).join(","))
                 }
-                SendError::Node(e) => event("chat.send", Outcome::Error)
-                    .node(node_of(e).map_or("", NodeId::as_str))
-                    .detail("error", node_failure(e)),
+                SendError::Node(e) => {
+                    let event = event("chat.send", Outcome::Error)
+                        .node(node_of(e).map_or("", NodeId::as_str))
+                        .detail("error", node_failure(e));
+                    if attempts.is_empty() {
+                        event
+                    } else {
+                        let tried: Vec<Tried> = attempts.iter().map(Tried::from).collect();
+                        event.detail("attempts", attempts_detail(&tried))
+                    }
+                }
                 _ => event("chat.send", Outcome::Error),
             }
         }
@@ -1120,6 +1356,7 @@ fn node_of(e: &RouterError) -> Option<&NodeId> {
         | RouterError::Status { node, .. }
         | RouterError::Unreachable { node, .. }
         | RouterError::InvalidReply { node, .. }
+        | RouterError::Interrupted { node, .. }
         | RouterError::UnknownNode { node } => Some(node),
         _ => None,
     }
@@ -1132,6 +1369,7 @@ fn node_failure(e: &RouterError) -> &'static str {
         RouterError::Status { .. } => "node-failed",
         RouterError::Unreachable { .. } => "node-unreachable",
         RouterError::InvalidReply { .. } => "node-invalid-reply",
+        RouterError::Interrupted { .. } => "node-interrupted",
         _ => "node-error",
     }
 }
