@@ -41,7 +41,7 @@
 //!
 //! # Streaming and attaching
 //!
-//! Every send this process runs has a [`Live`](live) reply: the pieces of the
+//! Every send this process runs has a live reply: the pieces of the
 //! node's answer as they come (when the request asked for a stream), then
 //! the send's answer. A streamed request reads it from the start. A retry
 //! with the same key and request while the send runs here *attaches*: a
