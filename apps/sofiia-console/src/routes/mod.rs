@@ -10,6 +10,7 @@ pub mod openapi;
 mod send;
 mod stream;
 mod system;
+mod ui;
 
 /// The largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -37,7 +38,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/api/chats/{chat_id}").route(web::get().to(chats::get)))
     .service(web::resource("/api/chats/{chat_id}/messages").route(web::get().to(chats::messages)))
     .service(web::resource("/api/chats/{chat_id}/send").route(web::post().to(send::send)))
-    .service(web::resource("/api/audit").route(web::get().to(audit::read)));
+    .service(web::resource("/api/audit").route(web::get().to(audit::read)))
+    .configure(ui::configure);
 }
 
 /// The fallback for paths no route matches.

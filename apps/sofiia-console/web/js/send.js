@@ -1,0 +1,56 @@
+// Delivering one message exactly once. Each message gets its own
+// Idempotency-Key when it is written, and keeps it through every retry: the
+// console answers a repeated key with the first answer (or attaches to the
+// send still running) instead of sending it to a node again.
+
+import { NetworkError, Problem, sendOnce } from "./api.js";
+
+/** Silence that counts as a lost connection: the console sends a keep-alive comment every 15 s. */
+const IDLE_MS = 45_000;
+/** Automatic retries of one message before the operator is asked. */
+const MAX_RETRIES = 6;
+
+export function newKey() {
+  return `web-${crypto.randomUUID()}`;
+}
+
+/**
+ * What to do after a failed attempt: `{retryIn: seconds}` to try again by
+ * itself, or null to stop and let the operator decide.
+ *  - no answer (network, timeout): the send may be running or done; the
+ *    same key attaches to it or replays it;
+ *  - 409: the same key is still running elsewhere;
+ *  - 503: a store is unavailable for a moment.
+ * 429 waits for the operator (a countdown), 502/504 and 4xx are shown.
+ */
+export function retryPlan(error, retriesSoFar) {
+  if (retriesSoFar >= MAX_RETRIES) return null;
+  const backoff = Math.min(2 ** retriesSoFar, 16);
+  if (error instanceof NetworkError) return { retryIn: backoff };
+  if (error instanceof Problem && (error.status === 409 || error.status === 503)) {
+    return { retryIn: Math.max(error.retryAfter ?? backoff, 1) };
+  }
+  return null;
+}
+
+/**
+ * Sends `message` under `key`, retrying by itself where that is safe.
+ * `ui` hears `reset()` before each attempt (a retry streams the reply from
+ * its first piece again), `delta(text)`, and `retrying(n, seconds, error)`.
+ * Resolves to `{receipt, replayed, retries}`; rejects with the error that
+ * needs the operator.
+ */
+export async function deliver(chatId, message, key, ui) {
+  for (let retries = 0; ; retries++) {
+    ui.reset();
+    try {
+      const answer = await sendOnce(chatId, message, key, { onDelta: ui.delta, idleMs: IDLE_MS });
+      return { ...answer, retries };
+    } catch (error) {
+      const plan = retryPlan(error, retries);
+      if (!plan) throw error;
+      ui.retrying(retries + 1, plan.retryIn, error);
+      await new Promise((resolve) => setTimeout(resolve, plan.retryIn * 1000));
+    }
+  }
+}
