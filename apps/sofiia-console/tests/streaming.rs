@@ -96,6 +96,14 @@ async fn a_streamed_sends_deltas_join_to_the_stored_reply_with_one_node_call() {
     let console = ConsoleBuilder::new().nodes(&[&node]).start().await;
     let res = open(&console, "s1", "stream-key-0001", "how are the disks?").await;
     assert_eq!(res.headers().get("idempotent-replayed"), None);
+    // What the quotas left, as on a JSON answer.
+    for field in ["ratelimit-policy", "ratelimit"] {
+        assert!(
+            res.headers().contains_key(field),
+            "{field}: {:?}",
+            res.headers()
+        );
+    }
     let events = all(events(res)).await;
     assert_eq!(events.len(), 6, "five deltas and done: {events:?}");
     let (text, done) = joined(&events);
@@ -122,6 +130,10 @@ async fn a_same_key_stream_retry_mid_stream_gets_the_whole_text_once() {
     assert_eq!(
         retry.headers()["idempotent-replayed"].to_str().unwrap(),
         "true"
+    );
+    assert!(
+        !retry.headers().contains_key("ratelimit"),
+        "an attached retry spent no quota"
     );
     let attached = all(events(retry)).await;
     let rest = all(first).await;

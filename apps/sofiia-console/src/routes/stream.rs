@@ -13,6 +13,7 @@ use actix_web::{HttpRequest, HttpResponse, Responder as _};
 use actix_web_lab::sse::{Data, Event, Sse};
 use futures_util::{Stream, StreamExt as _, stream};
 use sofiia_idempotency::actix::{IDEMPOTENT_REPLAYED, replay};
+use sofiia_ratelimit::Decision;
 
 use crate::problem::ApiError;
 use crate::send::{Answer, Finished, ReplyStream, SendError, Update};
@@ -36,7 +37,11 @@ pub(super) fn whole(req: &HttpRequest, answer: &Answer, keep_alive: Duration) ->
     let text = reply_text(&answer.response.body);
     let pieces = text.iter().filter(|t| !t.is_empty()).map(|t| delta(t));
     let events = stream::iter(pieces.chain([done(answer)]).collect::<Vec<_>>());
-    respond(req, events, answer.replayed, keep_alive)
+    let mut res = respond(req, events, answer.replayed, keep_alive);
+    if !answer.replayed {
+        insert_quotas(&mut res, answer.quotas.as_ref());
+    }
+    res
 }
 
 /// A running send's reply: errors before its first piece keep their status;
@@ -63,6 +68,7 @@ pub(super) async fn live(
         Some(Update::End(Err(e))) => return Err(ApiError::from(&*e)),
         None => return Err(ApiError::internal("a send's reply ended twice")),
     };
+    let reply_quotas = reply.quotas();
     let rest = stream::unfold(Some(reply), move |reply| {
         let request_id = request_id.clone();
         async move {
@@ -77,8 +83,23 @@ pub(super) async fn live(
         }
     })
     .flat_map(stream::iter);
+    // The quotas were charged before the node was asked: the send's own
+    // answer reports what they left, as a JSON answer does.
+    let quotas = if replayed { None } else { reply_quotas };
     let first = stream::iter(first.iter().map(|p| delta(p)).collect::<Vec<_>>());
-    Ok(respond(req, first.chain(rest), replayed, keep_alive))
+    let mut res = respond(req, first.chain(rest), replayed, keep_alive);
+    insert_quotas(&mut res, quotas.as_ref());
+    Ok(res)
+}
+
+/// The `RateLimit-Policy`/`RateLimit` fields of a send's own answer.
+fn insert_quotas(res: &mut HttpResponse, quotas: Option<&Decision>) {
+    if let Some(decision) = quotas {
+        let headers = res.headers_mut();
+        for (name, value) in sofiia_ratelimit::actix::rate_limit_headers(decision) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 fn respond(

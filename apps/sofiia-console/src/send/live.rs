@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use sofiia_ratelimit::Decision;
 use sofiia_router_client::{InferObserver, ReplicaAttempt};
 use tokio::sync::watch;
 
@@ -19,6 +20,7 @@ use super::{Finished, SendError};
 struct State {
     pieces: Vec<Arc<str>>,
     end: Option<Finished>,
+    quotas: Option<Decision>,
 }
 
 /// The reply of one running send.
@@ -38,6 +40,12 @@ impl Live {
     pub(crate) fn push(&self, piece: &str) {
         self.state
             .send_modify(|state| state.pieces.push(Arc::from(piece)));
+    }
+
+    /// Records what the send's quotas left, for its own streamed answer.
+    pub(crate) fn charged(&self, quotas: &Decision) {
+        self.state
+            .send_modify(|state| state.quotas = Some(quotas.clone()));
     }
 
     /// Whether any piece of the reply was given.
@@ -111,6 +119,11 @@ impl ReplyStream {
                 )))));
             }
         }
+    }
+
+    /// What the send's quotas left, once they were charged.
+    pub fn quotas(&self) -> Option<Decision> {
+        self.state.borrow().quotas.clone()
     }
 
     /// Skips the pieces and waits for the end, at most `wait`.

@@ -644,6 +644,9 @@ impl Sender {
     ) -> Result<Answered, SendError> {
         let (node, chat_created) = self.validate(req).await?;
         let quotas = self.charge(req).await?;
+        if let Some(quotas) = &quotas {
+            observer.live.charged(quotas);
+        }
         let (message, reply) = self.infer(req, node, observer).await?;
         Ok(Answered {
             message,

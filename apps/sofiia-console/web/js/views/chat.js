@@ -144,6 +144,8 @@ export class ChatView {
 
   /** Sends `message` under `key`: a first try, or the operator's resend. */
   async send(message, key, pending = null) {
+    // One send at a time per chat: a resend waits for the composer's turn.
+    if (this.sending) return;
     this.sending = true;
     this.sendButton.disabled = true;
     this.sendButton.textContent = "Sending…";
