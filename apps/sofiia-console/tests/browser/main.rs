@@ -295,8 +295,38 @@ async fn an_operator_chats_through_the_page() {
         vec![],
     )
     .await;
-    node1.set_delay(Duration::ZERO);
     assert_eq!(node1.call_count(), 3, "one node call through the retries");
+
+    // A reload while a send is in flight: the page sends it again under its
+    // key when the chat opens; one message, one node call.
+    b.type_into("#message", "survive a reload\n").await;
+    b.text_of("li.msg.agent.pending").await;
+    b.client.refresh().await.unwrap();
+    b.until(
+        "the message answered after the reload",
+        "return [...document.querySelectorAll('li.msg.agent:not(.pending) .text')] \
+           .some(t => t.textContent === '[NODA1] echo: survive a reload') \
+           && !document.querySelector('li.msg.pending');",
+        vec![],
+    )
+    .await;
+    node1.set_delay(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        b.js(
+            "return [...document.querySelectorAll('li.msg.operator .text')].filter(t => t.textContent === 'survive a reload').length",
+            vec![],
+        )
+        .await,
+        json!(1)
+    );
+    assert_eq!(node1.call_count(), 4, "one node call across the reload");
+    assert_eq!(
+        b.js("return sessionStorage.getItem('sofiia.outbox')", vec![])
+            .await,
+        Value::Null,
+        "nothing left to send"
+    );
     b.screenshot(&shots.join("chat-desktop.png")).await;
 
     // A reload keeps the session (this tab) and shows the history.
@@ -305,7 +335,7 @@ async fn an_operator_chats_through_the_page() {
     let history = b
         .until(
             "the history after a reload",
-            "const t = [...document.querySelectorAll('ol.messages li .text')].map(e => e.textContent); return t.length === 6 && t;",
+            "const t = [...document.querySelectorAll('ol.messages li .text')].map(e => e.textContent); return t.length === 8 && t;",
             vec![],
         )
         .await;
@@ -317,7 +347,9 @@ async fn an_operator_chats_through_the_page() {
             "double click me",
             "[NODA1] echo: double click me",
             "are you there?",
-            "[NODA1] echo: are you there?"
+            "[NODA1] echo: are you there?",
+            "survive a reload",
+            "[NODA1] echo: survive a reload"
         ])
     );
 
@@ -462,7 +494,7 @@ async fn an_operator_chats_through_the_page() {
         .unwrap();
     b.until(
         "the chat alone on a narrow screen",
-        "return document.querySelectorAll('ol.messages li').length === 6 && getComputedStyle(document.querySelector('.chats')).display === 'none'",
+        "return document.querySelectorAll('ol.messages li').length === 8 && getComputedStyle(document.querySelector('.chats')).display === 'none'",
         vec![],
     )
     .await;
@@ -554,7 +586,7 @@ async fn an_operator_chats_through_the_page() {
     only_the_console_was_asked(&b, &base).await;
     assert_eq!(
         node1.call_count(),
-        3 + 60 + 32 + 1,
+        4 + 60 + 32 + 1,
         "every send called the node once"
     );
 }

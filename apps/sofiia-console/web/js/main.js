@@ -4,6 +4,7 @@
 
 import { forgetToken, token } from "./api.js";
 import { h, show } from "./dom.js";
+import { outbox } from "./send.js";
 import { AuditView } from "./views/audit.js";
 import { ChatView } from "./views/chat.js";
 import { ChatList } from "./views/chats.js";
@@ -91,11 +92,13 @@ document.addEventListener("visibilitychange", () => {
 window.addEventListener("sofiia:unauthorized", () => {
   if (current === "signin") return;
   forgetToken();
+  outbox.clear();
   current = "none";
   render({ message: "The console no longer accepts your operator token (401). Sign in again." });
 });
 signOut.addEventListener("click", () => {
   forgetToken();
+  outbox.clear();
   current = "none";
   location.hash = "#/chats";
   render();

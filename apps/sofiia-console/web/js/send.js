@@ -14,6 +14,46 @@ export function newKey() {
   return `web-${crypto.randomUUID()}`;
 }
 
+const OUTBOX = "sofiia.outbox";
+
+function readOutbox() {
+  try {
+    return JSON.parse(sessionStorage.getItem(OUTBOX)) || [];
+  } catch {
+    return [];
+  }
+}
+
+function writeOutbox(items) {
+  if (items.length === 0) sessionStorage.removeItem(OUTBOX);
+  else sessionStorage.setItem(OUTBOX, JSON.stringify(items));
+}
+
+/**
+ * Messages not answered yet, kept in the tab's sessionStorage with their
+ * keys, so that a reload neither loses nor doubles them: one still being
+ * sent (`sending`) is sent again under its key when its chat opens (the
+ * console attaches to it or replays it); one that stopped for the
+ * operator (`held`: 429, 502, 504, no answer after the retries) waits for
+ * Send again. Signing out empties it: the next operator of the tab never
+ * sees, nor sends, another's messages.
+ */
+export const outbox = {
+  put(chatId, key, message, state) {
+    writeOutbox([...readOutbox().filter((i) => i.key !== key), { chatId, key, message, state }]);
+  },
+  drop(key) {
+    writeOutbox(readOutbox().filter((i) => i.key !== key));
+  },
+  of(chatId) {
+    return readOutbox().filter((i) => i.chatId === chatId);
+  },
+  /** Forgets every message: the operator signed out, or was signed out. */
+  clear() {
+    writeOutbox([]);
+  },
+};
+
 /**
  * What to do after a failed attempt: `{retryIn: seconds}` to try again by
  * itself, or null to stop and let the operator decide.

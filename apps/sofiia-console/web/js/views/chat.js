@@ -4,7 +4,7 @@
 
 import { getChat, listMessages, Problem } from "../api.js";
 import { describe, h, onVisible, when } from "../dom.js";
-import { deliver, newKey } from "../send.js";
+import { deliver, newKey, outbox } from "../send.js";
 
 export class ChatView {
   constructor(chatId, { onChanged }) {
@@ -85,18 +85,28 @@ export class ChatView {
     try {
       const chat = await getChat(this.chatId);
       this.showChat(chat);
+      await this.loadOlder();
+      this.scrollToEnd();
+      this.watch = onVisible(this.sentinel, () => this.loadOlder());
     } catch (e) {
       if (e instanceof Problem && e.status === 404) {
         this.topStatus.textContent = "A new chat: your first message creates it.";
         this.done = true;
-        return;
+      } else {
+        this.topStatus.textContent = `Could not load the chat: ${describe(e)}`;
       }
-      this.topStatus.textContent = `Could not load the chat: ${describe(e)}`;
-      return;
     }
-    await this.loadOlder();
-    this.scrollToEnd();
-    this.watch = onVisible(this.sentinel, () => this.loadOlder());
+    this.resume();
+  }
+
+  /** The messages of this chat a reload interrupted, from the outbox. */
+  resume() {
+    for (const item of outbox.of(this.chatId)) {
+      const p = new Pending(item.message, this.messages);
+      const resend = () => this.send(item.message, item.key, p);
+      if (item.state === "sending" && !this.sending) resend();
+      else p.held(resend);
+    }
   }
 
   showChat(chat) {
@@ -152,6 +162,7 @@ export class ChatView {
     if (this.messages.childElementCount === 0) this.topStatus.textContent = "";
     const p = pending ?? new Pending(message, this.messages);
     p.sending();
+    outbox.put(this.chatId, key, message, "sending");
     this.scrollToEnd();
     try {
       const answer = await deliver(this.chatId, message, key, {
@@ -163,6 +174,7 @@ export class ChatView {
         },
         retrying: (n, seconds, error) => p.retrying(n, seconds, error),
       });
+      outbox.drop(key);
       p.answered(answer);
       getChat(this.chatId)
         .then((chat) => {
@@ -171,6 +183,11 @@ export class ChatView {
         })
         .catch(() => {});
     } catch (error) {
+      // A refused request (400, 401, 413, 422, ...) will not go through
+      // later; anything else may, and waits for the operator.
+      const refused = error instanceof Problem && error.status < 500 && ![408, 409, 429].includes(error.status);
+      if (refused) outbox.drop(key);
+      else outbox.put(this.chatId, key, message, "held");
       p.failed(error, () => this.send(message, key, p));
     } finally {
       this.sending = false;
@@ -200,6 +217,7 @@ function messageItem(m) {
 /** A message on its way: the operator's text and the reply as it streams in. */
 class Pending {
   constructor(message, list) {
+    this.list = list;
     this.mine = h(
       "li.msg.operator.pending",
       {},
@@ -238,6 +256,12 @@ class Pending {
   }
 
   answered({ receipt, replayed }) {
+    // Already in the history (a reload read it before this replay came).
+    if (this.list.querySelector(`li[data-id="${CSS.escape(receipt.message.id)}"]`)) {
+      this.mine.remove();
+      this.reply.remove();
+      return;
+    }
     this.mine.replaceWith(messageItem(receipt.message));
     const item = messageItem(receipt.reply);
     if (replayed) {
@@ -247,6 +271,17 @@ class Pending {
       );
     }
     this.reply.replaceWith(item);
+  }
+
+  /** Interrupted by a reload after it stopped for the operator. */
+  held(resend) {
+    this.mine.querySelector(".meta").textContent = "not sent yet";
+    this.reply.classList.add("failed");
+    this.reply.removeAttribute("aria-busy");
+    this.status.replaceChildren(
+      "Not answered yet. ",
+      h("button.secondary.resend", { type: "button", onclick: resend }, "Send again"),
+    );
   }
 
   failed(error, resend) {
