@@ -4,6 +4,7 @@
 //! origin), and its network and console logs kept for the checks.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,8 +63,10 @@ impl Browser {
             return None;
         };
         let port = free_port();
+        // A process group of its own: the browser it starts goes with it.
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -249,8 +252,12 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends chromedriver and every browser process it started, also when
+    /// the test failed half-way.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.wait();
     }
 }
