@@ -130,20 +130,23 @@ export async function nodeNames() {
  * One attempt at a send, streamed: `onDelta(text)` for each piece of the
  * reply as it is written. Resolves to `{receipt, replayed}`; rejects with a
  * Problem (an answer or an `error` event) or a NetworkError (no complete
- * answer: the same key may be sent again). `idleMs` bounds the silence
- * between two reads; the console's keep-alive comments count as reads.
+ * answer: the same key may be sent again). `firstMs` bounds the wait for
+ * the answer to begin (the console starts a stream with the reply's first
+ * piece, so this covers the node's thinking time); `idleMs` bounds the
+ * silence between two reads after that, the console's keep-alive comments
+ * counting as reads.
  */
-export async function sendOnce(chatId, message, key, { onDelta, idleMs }) {
+export async function sendOnce(chatId, message, key, { onDelta, firstMs, idleMs }) {
   const controller = new AbortController();
   let timer;
-  const arm = () => {
+  const arm = (ms = idleMs) => {
     clearTimeout(timer);
     timer = setTimeout(
       () => controller.abort(new NetworkError("no answer in time", { timedOut: true })),
-      idleMs,
+      ms,
     );
   };
-  arm();
+  arm(firstMs);
   try {
     const res = await call(`${chatPath(chatId)}/send`, {
       method: "POST",
@@ -156,7 +159,8 @@ export async function sendOnce(chatId, message, key, { onDelta, idleMs }) {
     if (!(res.headers.get("content-type") || "").startsWith("text/event-stream")) {
       return { receipt: await res.json(), replayed };
     }
-    for await (const ev of events(res.body, arm)) {
+    arm();
+    for await (const ev of events(res.body, () => arm())) {
       if (ev.event === "delta") onDelta(JSON.parse(ev.data).text);
       else if (ev.event === "done") return { receipt: JSON.parse(ev.data), replayed };
       else if (ev.event === "error") {

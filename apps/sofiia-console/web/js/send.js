@@ -5,7 +5,12 @@
 
 import { NetworkError, Problem, sendOnce } from "./api.js";
 
-/** Silence that counts as a lost connection: the console sends a keep-alive comment every 15 s. */
+/**
+ * How long the answer may take to begin: the console begins it with the
+ * reply's first piece, within its infer timeout (30 s by default).
+ */
+const FIRST_MS = 120_000;
+/** Silence, once the answer began, that counts as a lost connection: the console sends a keep-alive comment every 15 s. */
 const IDLE_MS = 45_000;
 /** Automatic retries of one message before the operator is asked. */
 const MAX_RETRIES = 6;
@@ -84,7 +89,7 @@ export async function deliver(chatId, message, key, ui) {
   for (let retries = 0; ; retries++) {
     ui.reset();
     try {
-      const answer = await sendOnce(chatId, message, key, { onDelta: ui.delta, idleMs: IDLE_MS });
+      const answer = await sendOnce(chatId, message, key, { onDelta: ui.delta, firstMs: FIRST_MS, idleMs: IDLE_MS });
       return { ...answer, retries };
     } catch (error) {
       const plan = retryPlan(error, retries);
