@@ -159,7 +159,8 @@ export class ChatView {
     this.sending = true;
     this.sendButton.disabled = true;
     this.sendButton.textContent = "Sending…";
-    if (this.messages.childElementCount === 0) this.topStatus.textContent = "";
+    // "No messages yet" and "a new chat" notes end with the first message.
+    if (!this.messages.querySelector("li[data-id]")) this.topStatus.textContent = "";
     const p = pending ?? new Pending(message, this.messages);
     p.sending();
     outbox.put(this.chatId, key, message, "sending");
