@@ -327,6 +327,27 @@ async fn an_operator_chats_through_the_page() {
         Value::Null,
         "nothing left to send"
     );
+
+    // A node that breaks off mid-reply: its key keeps the failure, so the
+    // page offers the message again under a new key.
+    let mut breaking = StreamConfig::default();
+    breaking.fail_after_chunks = Some(1);
+    node1.set_stream(breaking).unwrap();
+    b.type_into("#message", "break please\n").await;
+    b.wait_text("li.msg.agent.failed .badge.error", "reply broken off")
+        .await;
+    node1.set_stream(StreamConfig::default()).unwrap();
+    b.wait_text("li.msg.agent.failed .resend", "Send as a new message")
+        .await;
+    b.click("li.msg.agent.failed .resend").await;
+    b.until(
+        "the message answered under a new key",
+        "return [...document.querySelectorAll('li.msg.agent:not(.pending) .text')] \
+           .some(t => t.textContent === '[NODA1] echo: break please');",
+        vec![],
+    )
+    .await;
+    assert_eq!(node1.call_count(), 6, "the broken call and the new one");
     b.screenshot(&shots.join("chat-desktop.png")).await;
 
     // A reload keeps the session (this tab) and shows the history.
@@ -335,7 +356,7 @@ async fn an_operator_chats_through_the_page() {
     let history = b
         .until(
             "the history after a reload",
-            "const t = [...document.querySelectorAll('ol.messages li .text')].map(e => e.textContent); return t.length === 8 && t;",
+            "const t = [...document.querySelectorAll('ol.messages li .text')].map(e => e.textContent); return t.length === 10 && t;",
             vec![],
         )
         .await;
@@ -349,7 +370,9 @@ async fn an_operator_chats_through_the_page() {
             "are you there?",
             "[NODA1] echo: are you there?",
             "survive a reload",
-            "[NODA1] echo: survive a reload"
+            "[NODA1] echo: survive a reload",
+            "break please",
+            "[NODA1] echo: break please"
         ])
     );
 
@@ -494,7 +517,7 @@ async fn an_operator_chats_through_the_page() {
         .unwrap();
     b.until(
         "the chat alone on a narrow screen",
-        "return document.querySelectorAll('ol.messages li').length === 8 && getComputedStyle(document.querySelector('.chats')).display === 'none'",
+        "return document.querySelectorAll('ol.messages li').length === 10 && getComputedStyle(document.querySelector('.chats')).display === 'none'",
         vec![],
     )
     .await;
@@ -586,7 +609,7 @@ async fn an_operator_chats_through_the_page() {
     only_the_console_was_asked(&b, &base).await;
     assert_eq!(
         node1.call_count(),
-        4 + 60 + 32 + 1,
+        6 + 60 + 32 + 1,
         "every send called the node once"
     );
 }

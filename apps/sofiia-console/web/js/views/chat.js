@@ -189,7 +189,11 @@ export class ChatView {
       const refused = error instanceof Problem && error.status < 500 && ![408, 409, 429].includes(error.status);
       if (refused) outbox.drop(key);
       else outbox.put(this.chatId, key, message, "held");
-      p.failed(error, () => this.send(message, key, p));
+      // A node that broke off mid-reply was reached: its key keeps that
+      // failure for good, so only a new key can ask again.
+      const again = interrupted(error) ? () => this.send(message, newKey(), p) : () => this.send(message, key, p);
+      if (interrupted(error)) outbox.drop(key);
+      p.failed(error, again);
     } finally {
       this.sending = false;
       this.sendButton.disabled = false;
@@ -197,6 +201,11 @@ export class ChatView {
       this.scrollToEnd();
     }
   }
+}
+
+/** The node broke off after it began its reply (502 `node-interrupted`). */
+function interrupted(error) {
+  return error instanceof Problem && error.type.endsWith(":node-interrupted");
 }
 
 function messageItem(m) {
@@ -320,6 +329,13 @@ class Pending {
       this.countdown = setInterval(tick, 1000);
     } else if (status === 503 || status === 409) {
       this.status.replaceChildren("The console is busy: try again shortly. ", again);
+    } else if (interrupted(error)) {
+      again.textContent = "Send as a new message";
+      this.status.replaceChildren(
+        h("span.badge.error", {}, "reply broken off"),
+        ` ${describe(error)}. The node began answering and stopped; this message will not be sent again. `,
+        again,
+      );
     } else if (status === 502 || status === 504) {
       this.status.replaceChildren(
         h("span.badge.error", {}, status === 504 ? "node timed out" : "node failed"),
